@@ -1,0 +1,38 @@
+# olm-edu: `make lab` to learn, `make test` to check everything.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Jupyter options for `make lab`, e.g. `make lab LAB_ARGS="--port 8890 --no-browser"`.
+LAB_ARGS ?=
+
+.PHONY: lab test lessons book clean-venv
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab --ServerApp.root_dir=lessons $(LAB_ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lessons: $(VENV)/.installed
+	$(BIN)/olm-edu lessons
+
+book:
+	@echo "The Jupyter Book build is not part of the course yet (see book/README.md)." >&2
+	@exit 1
+
+clean-venv:
+	rm -rf $(VENV)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "olm-edu needs Python 3.11 or newer; found " + sys.version.split()[0] + " (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install whenever pyproject.toml changes; the stamp files record the last install.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed

@@ -1,0 +1,214 @@
+"""Exercise checks: compare a learner's object with the reference and say what went wrong.
+
+A check is a function decorated with `exercise(title)`. Its body receives a `Check` and the
+learner's objects, calls them on fresh random inputs and edge cases, and compares with the
+reference through `Check.close` / `Check.equal` / `Check.expect`. The decorated function
+
+- prints one line, `✅ title: N checks passed` or `❌ title: what went wrong`, and
+- raises `CheckFailed` (an `AssertionError`) on failure, so nbgrader and `olm-edu grade` count it,
+- lets `NotImplementedError` through untouched, so an unsolved stub reads as "not done yet".
+
+Called with `hidden=True` (only in the hidden part of a check cell, which `lessons/` does not
+contain) a check runs its extra cases. Random inputs come from a fresh seed on every call; the
+seed is printed on failure so the learner can reproduce it with `seed=`.
+
+Tolerances are per comparison (`atol`, `rtol`), chosen so that any mathematically equivalent
+formulation passes in float32 (sqrt vs rsqrt, another summation order).
+
+Example:
+
+    @exercise("Exercise 1 — softmax")
+    def softmax(check, fn):
+        x = check.randn(4, 10)
+        check.close(check.call(fn, x), torch.softmax(x, -1), what="softmax of a (4, 10) tensor")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = ["Check", "CheckFailed", "exercise", "forbidden"]
+
+
+class CheckFailed(AssertionError):
+    """Raised by a check when the learner's object does not match the reference."""
+
+
+class Check:
+    """The context of one check run: a random generator, a counter and comparison helpers."""
+
+    def __init__(self, title: str, *, seed: int, hidden: bool = False):
+        self.title = title
+        self.seed = seed
+        self.hidden = hidden
+        self.passed = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self._forbidden: tuple[str, ...] = ()
+        self._reason = ""
+
+    def forbid(self, *names: str, reason: str = "this exercise asks you to write it yourself") -> None:
+        """Make `call` refuse the named torch functions while the learner's code runs."""
+        self._forbidden, self._reason = names, reason
+
+    # -- random inputs -----------------------------------------------------------------------
+    def randn(self, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal tensor (times `scale`) drawn from this check's generator."""
+        return torch.randn(*shape, generator=self.generator, dtype=dtype) * scale
+
+    def randint(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        """Integers in [low, high) drawn from this check's generator."""
+        return torch.randint(low, high, shape, generator=self.generator)
+
+    # -- calling the learner's code ------------------------------------------------------------
+    def call(self, fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
+        """Call the learner's `fn`; turn an unexpected exception into a readable failure."""
+        __tracebackhide__ = True
+        if not callable(fn):
+            self.fail(f"expected a function, got {type(fn).__name__}")
+        try:
+            with forbidden(*self._forbidden, reason=self._reason):
+                return fn(*args, **kwargs)
+        except (NotImplementedError, CheckFailed):
+            raise
+        except Exception as error:  # the learner's bug, reported with the case that caused it
+            self.fail(f"your code raised {type(error).__name__}: {error} (on {what})")
+
+    # -- comparisons ----------------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        __tracebackhide__ = True
+        raise CheckFailed(message)
+
+    def expect(self, condition: bool, message: str) -> None:
+        """Pass when `condition` holds, otherwise fail with `message`."""
+        __tracebackhide__ = True
+        if not condition:
+            self.fail(message)
+        self.passed += 1
+
+    def equal(self, got: Any, expected: Any, *, what: str, hint: str = "") -> None:
+        """Exact equality (lists, dicts, ints, strings, bytes)."""
+        __tracebackhide__ = True
+        if got != expected:
+            self.fail(f"{what}: expected {_short(expected)}, got {_short(got)}" + _hint(hint))
+        self.passed += 1
+
+    def close(
+        self,
+        got: Any,
+        expected: torch.Tensor,
+        *,
+        what: str,
+        atol: float = 1e-6,
+        rtol: float = 1e-5,
+        hint: str = "",
+    ) -> None:
+        """|got - expected| <= atol + rtol * |expected| elementwise, same shape, no NaN/inf."""
+        __tracebackhide__ = True
+        if not isinstance(got, torch.Tensor):
+            self.fail(f"{what}: expected a torch.Tensor, got {type(got).__name__}" + _hint(hint))
+        if tuple(got.shape) != tuple(expected.shape):
+            self.fail(
+                f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}" + _hint(hint)
+            )
+        got64, expected64 = got.detach().double().cpu(), expected.detach().double().cpu()
+        bad_values = ~torch.isfinite(got64) & torch.isfinite(expected64)
+        if bad_values.any():
+            index = _first_index(bad_values)
+            self.fail(f"{what}: got {got64[index].item()} at index {index}, expected a finite number" + _hint(hint))
+        error = (got64 - expected64).abs()
+        allowed = atol + rtol * expected64.abs()
+        if (error > allowed).any():
+            index = _first_index(error - allowed == (error - allowed).max())
+            self.fail(
+                f"{what}: at index {index} expected {expected64[index].item():.6g}, "
+                f"got {got64[index].item():.6g} (max abs error {error.max().item():.3g}, "
+                f"tolerance atol={atol:g}, rtol={rtol:g})" + _hint(hint)
+            )
+        self.passed += 1
+
+
+def exercise(title: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Turn a check body `body(check, *learner_objects)` into a check function.
+
+    The returned function takes the learner's objects and the keywords `hidden=False` and
+    `seed=None` (a fixed seed, to reproduce a failure).
+    """
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(body)
+        def run(*learner_objects: Any, hidden: bool = False, seed: int | None = None) -> None:
+            __tracebackhide__ = True
+            seed = secrets.randbelow(2**31) if seed is None else seed
+            check = Check(title, seed=seed, hidden=hidden)
+            try:
+                body(check, *learner_objects)
+            except NotImplementedError:
+                print(f"⏳ {title}: not implemented yet (the stub still raises NotImplementedError)")
+                raise
+            except CheckFailed as failure:
+                message = f"❌ {title}: {failure} [seed={seed}]"
+                print(message)
+                raise CheckFailed(message) from None
+            kind = "hidden checks" if hidden else "checks"
+            print(f"✅ {title}: {check.passed} {kind} passed")
+
+        return run
+
+    return decorate
+
+
+@contextlib.contextmanager
+def forbidden(*names: str, reason: str = "this exercise asks you to write it yourself") -> Iterator[None]:
+    """Make the named functions raise `CheckFailed` while the block runs.
+
+    Names are dotted paths from `torch`, e.g. "torch.softmax", "torch.nn.functional.softmax",
+    "torch.Tensor.softmax". The originals are restored afterwards, even on failure.
+    """
+    saved = []
+    try:
+        for name in names:
+            owner, attribute = _resolve(name)
+            saved.append((owner, attribute, getattr(owner, attribute)))
+            setattr(owner, attribute, _refuse(name, reason))
+        yield
+    finally:
+        for owner, attribute, original in reversed(saved):
+            setattr(owner, attribute, original)
+
+
+def _refuse(name: str, reason: str) -> Callable[..., None]:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        __tracebackhide__ = True
+        raise CheckFailed(f"your code calls {name}, which is not allowed here: {reason}")
+
+    return refuse
+
+
+def _resolve(dotted: str) -> tuple[Any, str]:
+    parts = dotted.split(".")
+    if parts[0] != "torch" or len(parts) < 2:
+        raise ValueError(f"forbidden name {dotted!r} must be a dotted path starting with 'torch.'")
+    owner: Any = torch
+    for part in parts[1:-1]:
+        owner = getattr(owner, part)
+    if not hasattr(owner, parts[-1]):
+        raise ValueError(f"forbidden name {dotted!r} does not exist")
+    return owner, parts[-1]
+
+
+def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in mask.nonzero()[0]) if mask.dim() else ()
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
+
+
+def _hint(hint: str) -> str:
+    return f". Hint: {hint}" if hint else ""
