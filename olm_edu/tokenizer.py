@@ -76,9 +76,8 @@ def train_naive(ids: list[int], num_merges: int) -> dict[tuple[int, int], int]:
     return merges
 
 
-def learn_merges(
-    chunks: Mapping[bytes, int] | Iterable[bytes], num_merges: int
-) -> dict[tuple[int, int], int]:
+def learn_merges(chunks: Mapping[bytes, int] | Iterable[bytes],
+                 num_merges: int) -> dict[tuple[int, int], int]:
     """Learn merges from many chunks, fast; the same merges as `train_naive` would learn if it
     counted the pairs of every chunk (pairs never cross chunks), with the same tie and stop rules.
 
@@ -129,7 +128,7 @@ def learn_merges(
     return merges
 
 
-def _pop_most_frequent(heap: list, pair_counts: Mapping[tuple[int, int], int]) -> tuple[int, int] | None:
+def _pop_most_frequent(heap: list, pair_counts: Mapping) -> tuple[int, int] | None:
     """Pop heap entries until one is current; None when the stop rule says to stop."""
     while heap:
         negative_count, pair = heapq.heappop(heap)
@@ -143,8 +142,6 @@ def _chunk_frequencies(chunks: Mapping[bytes, int] | Iterable[bytes]) -> dict[by
         raise TypeError("chunks must be a collection of bytes chunks; pass [data] for one chunk")
     frequencies = dict(chunks) if isinstance(chunks, Mapping) else Counter(chunks)
     for chunk, count in frequencies.items():
-        if not isinstance(chunk, bytes):
-            raise TypeError(f"chunks must hold bytes, got {type(chunk).__name__}: {chunk!r}")
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"frequency of chunk {chunk!r} is {count!r}; it must be an int >= 1")
     return frequencies
@@ -162,7 +159,8 @@ def bytes_to_unicode() -> dict[int, str]:
     bytes (controls, space, ...) get the characters chr(256), chr(257), ... in byte order, so
     the space byte 32 is written 'Ġ' (chr(288)).
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     table = {byte: chr(byte) for byte in printable}
     for byte in range(256):
         if byte not in table:
@@ -187,27 +185,14 @@ class BPETokenizer:
     special_tokens: {string: id}, tokens such as "<|endoftext|>" that are never merged.
     """
 
-    def __init__(
-        self,
-        vocab: Mapping[int, bytes],
-        merges: Mapping[tuple[int, int], int],
-        *,
-        pattern: str | None = GPT2_SPLIT_PATTERN,
-        special_tokens: Mapping[str, int] | None = None,
-    ):
+    def __init__(self, vocab: Mapping[int, bytes], merges: Mapping[tuple[int, int], int], *,
+                 pattern: str | None = GPT2_SPLIT_PATTERN,
+                 special_tokens: Mapping[str, int] | None = None):
         self.vocab, self.merges = dict(vocab), dict(merges)
         self.pattern, self.special_tokens = pattern, dict(special_tokens or {})
         self._check()
         self._ranks = {pair: rank for rank, pair in enumerate(self.merges)}
-        special_ids = set(self.special_tokens.values())
-        byte_ids: dict[int, int] = {}  # GPT-2's vocab does not put byte b at id b
-        for token_id in sorted(self.vocab):
-            if len(self.vocab[token_id]) == 1 and token_id not in special_ids:
-                byte_ids.setdefault(self.vocab[token_id][0], token_id)
-        if len(byte_ids) < 256:
-            missing = sorted(set(range(256)) - set(byte_ids))
-            raise ValueError(f"vocab has no single-byte token for bytes {missing[:8]} (all 256 needed)")
-        self._byte_ids = [byte_ids[byte] for byte in range(256)]
+        self._byte_ids = self._single_byte_ids()
         self._splitter = regex.compile(pattern) if pattern is not None else None
         self._cache: dict[str, list[int]] = {}
 
@@ -215,22 +200,29 @@ class BPETokenizer:
         if sorted(self.vocab) != list(range(len(self.vocab))):
             raise ValueError(f"vocab ids must be 0..{len(self.vocab) - 1} without gaps")
         for (left, right), new_id in self.merges.items():
-            parts_known = left in self.vocab and right in self.vocab
-            if not parts_known or self.vocab.get(new_id) != self.vocab[left] + self.vocab[right]:
+            parts = self.vocab.get(left), self.vocab.get(right)
+            if None in parts or self.vocab.get(new_id) != parts[0] + parts[1]:
                 raise ValueError(f"merge ({left}, {right}) -> {new_id} does not match the vocab")
         for token, token_id in self.special_tokens.items():
             if self.vocab.get(token_id) != token.encode("utf-8"):
-                raise ValueError(f"special token {token!r} has id {token_id}, whose vocab entry differs")
+                raise ValueError(f"special token {token!r} has id {token_id}, "
+                                 "whose vocab entry is different")
+
+    def _single_byte_ids(self) -> list[int]:
+        """byte -> id of its token; GPT-2's vocab does not put byte b at id b."""
+        special_ids = set(self.special_tokens.values())
+        byte_ids: dict[int, int] = {}
+        for token_id in sorted(self.vocab):
+            if len(self.vocab[token_id]) == 1 and token_id not in special_ids:
+                byte_ids.setdefault(self.vocab[token_id][0], token_id)
+        missing = sorted(set(range(256)) - set(byte_ids))
+        if missing:
+            raise ValueError(f"vocab has no token for bytes {missing[:8]}; all 256 are needed")
+        return [byte_ids[byte] for byte in range(256)]
 
     @classmethod
-    def train(
-        cls,
-        text: str,
-        vocab_size: int,
-        *,
-        pattern: str | None = GPT2_SPLIT_PATTERN,
-        special_tokens: Sequence[str] = ("<|endoftext|>",),
-    ) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, *, pattern: str | None = GPT2_SPLIT_PATTERN,
+              special_tokens: Sequence[str] = ("<|endoftext|>",)) -> "BPETokenizer":
         """Learn a tokenizer of at most `vocab_size` tokens: 256 bytes + merges + special tokens.
 
         Special tokens are cut out of `text` before training and get the ids after the merges.
@@ -238,12 +230,13 @@ class BPETokenizer:
         """
         minimum = 256 + len(special_tokens)
         if vocab_size < minimum:
-            raise ValueError(f"vocab_size={vocab_size} must be at least {minimum} (256 bytes + {len(special_tokens)} special tokens)")
+            raise ValueError(f"vocab_size={vocab_size} must be at least {minimum} "
+                             f"(256 bytes + {len(special_tokens)} special tokens)")
         if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
-            raise ValueError(f"special_tokens={special_tokens!r} must be distinct non-empty strings")
-        chunks: Counter[bytes] = Counter()
+            raise ValueError(f"special_tokens={special_tokens!r} must be distinct, non-empty")
         splitter = regex.compile(pattern) if pattern is not None else None
-        for part in _split_on_special(text, special_tokens)[::2]:  # even positions: ordinary text
+        chunks: Counter[bytes] = Counter()
+        for part in _split_on_special(text, special_tokens)[::2]:  # the ordinary text
             pieces = splitter.findall(part) if splitter else [part]
             chunks.update(piece.encode("utf-8") for piece in pieces if piece)
         merges = learn_merges(chunks, vocab_size - minimum)
@@ -260,14 +253,16 @@ class BPETokenizer:
 
     def encode(self, text: str, allowed_special: str | set[str] = "none_raise") -> list[int]:
         """Text -> ids. `allowed_special` says what to do with special tokens in `text`:
-        "all": encode each as its id; "none": encode them as ordinary text; "none_raise" (default):
-        raise ValueError if one occurs; a set: encode those as ids, raise for the others."""
+        "all": encode each as its id; "none": encode them as ordinary text; "none_raise"
+        (default): raise ValueError if one occurs; a set: encode those, raise for the others.
+        """
         allowed = self._allowed_special(allowed_special)
         if allowed_special != "none":
             for token in sorted(self.special_tokens.keys() - allowed):
                 if token in text:
-                    raise ValueError(f"text contains the special token {token!r}; pass allowed_special='all' "
-                                     "to encode it as one token, or 'none' to encode it as ordinary text")
+                    raise ValueError(f"text contains the special token {token!r}; pass "
+                                     "allowed_special='all' to encode it as its id, or 'none' "
+                                     "to encode it as ordinary text")
         ids = []
         for position, part in enumerate(_split_on_special(text, allowed)):
             if position % 2:
@@ -280,13 +275,13 @@ class BPETokenizer:
         if isinstance(allowed_special, (set, frozenset)):
             unknown = allowed_special - self.special_tokens.keys()
             if unknown:
-                raise ValueError(f"allowed_special has unknown tokens {sorted(unknown)}; known: {sorted(self.special_tokens)}")
+                raise ValueError(f"allowed_special has unknown tokens {sorted(unknown)}; "
+                                 f"the special tokens are {sorted(self.special_tokens)}")
             return set(allowed_special)
-        if allowed_special == "all":
-            return set(self.special_tokens)
-        if allowed_special in ("none", "none_raise"):
-            return set()
-        raise ValueError(f"allowed_special={allowed_special!r} must be 'all', 'none', 'none_raise' or a set of special tokens")
+        if allowed_special in ("all", "none", "none_raise"):
+            return set(self.special_tokens) if allowed_special == "all" else set()
+        raise ValueError(f"allowed_special={allowed_special!r} must be 'all', 'none', "
+                         "'none_raise' or a set of special tokens")
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids, treating special tokens as ordinary text."""
@@ -300,8 +295,9 @@ class BPETokenizer:
         if chunk in self._cache:
             return self._cache[chunk]
         ids = [self._byte_ids[byte] for byte in chunk.encode("utf-8")]
+        not_a_merge = len(self._ranks)
         while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: self._ranks.get(p, len(self._ranks)))
+            pair = min(zip(ids, ids[1:]), key=lambda p: self._ranks.get(p, not_a_merge))
             if pair not in self._ranks:
                 break
             ids = merge(ids, pair, self.merges[pair])
@@ -315,7 +311,8 @@ class BPETokenizer:
         try:
             return b"".join(self.vocab[int(token_id)] for token_id in ids)
         except KeyError as error:
-            raise ValueError(f"token id {error.args[0]} is not in the vocabulary (valid ids: 0..{self.vocab_size - 1})") from None
+            raise ValueError(f"token id {error.args[0]} is not in the vocabulary "
+                             f"(valid ids: 0..{self.vocab_size - 1})") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; bytes that are not valid UTF-8 (a character cut in two) become '\ufffd'."""
@@ -330,79 +327,80 @@ class BPETokenizer:
         strings = {token_id: special_ids.get(token_id) or "".join(byte_to_char[b] for b in token)
                    for token_id, token in self.vocab.items()}
         if len(set(strings.values())) < len(strings):
-            raise ValueError("two tokens have the same bytes; GPT-2's vocab.json cannot store that")
+            raise ValueError("two tokens have the same bytes; GPT-2's vocab.json cannot hold both")
         vocab_json = {string: token_id for token_id, string in strings.items()}
-        merge_lines = [f"{strings[left]} {strings[right]}\n" for left, right in self.merges]
+        merge_lines = "".join(f"{strings[left]} {strings[right]}\n" for left, right in self.merges)
         config = {"pattern": self.pattern, "special_tokens": list(self.special_tokens)}
-        (directory / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False), encoding="utf-8")
-        (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(merge_lines), encoding="utf-8")
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (directory / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False), "utf-8")
+        (directory / "merges.txt").write_text("#version: 0.2\n" + merge_lines, "utf-8")
+        (directory / CONFIG_FILE).write_text(json.dumps(config), "utf-8")
 
     @classmethod
     def load(cls, directory: str | Path) -> "BPETokenizer":
-        """Read a directory written by `save` (or GPT-2 files: then GPT-2's pattern and
-        "<|endoftext|>" are assumed, as there is no config file)."""
+        """Read a directory written by `save`. Without our config file (GPT-2's own files),
+        GPT-2's pattern and the special token "<|endoftext|>" are assumed."""
         directory = Path(directory)
         config = {"pattern": GPT2_SPLIT_PATTERN, "special_tokens": ["<|endoftext|>"]}
         if (directory / CONFIG_FILE).exists():
-            config = _read_json(directory / CONFIG_FILE, dict)
+            config = _read_json(directory / CONFIG_FILE)
         return cls.from_gpt2_files(directory / "vocab.json", directory / "merges.txt",
-                                   special_tokens=config.get("special_tokens", ()), pattern=config.get("pattern"))
+                                   special_tokens=config.get("special_tokens", ()),
+                                   pattern=config.get("pattern", GPT2_SPLIT_PATTERN))
 
     @classmethod
-    def from_gpt2_files(
-        cls,
-        vocab_path: str | Path,
-        merges_path: str | Path,
-        *,
-        special_tokens: Sequence[str] = ("<|endoftext|>",),
-        pattern: str | None = GPT2_SPLIT_PATTERN,
-    ) -> "BPETokenizer":
-        """Read GPT-2-format files: vocab.json {token string: id} and merges.txt ("a b" lines in
-        rank order), as published with GPT-2 or written by Hugging Face `tokenizers`."""
-        string_to_id = _read_json(vocab_path, dict)
+    def from_gpt2_files(cls, vocab_path: str | Path, merges_path: str | Path, *,
+                        special_tokens: Sequence[str] = ("<|endoftext|>",),
+                        pattern: str | None = GPT2_SPLIT_PATTERN) -> "BPETokenizer":
+        """Read GPT-2-format files: vocab.json {token string: id} and merges.txt ("a b" lines
+        in rank order), as published with GPT-2 or written by Hugging Face `tokenizers`.
+        Tokens are written with `bytes_to_unicode` characters; special tokens as plain text."""
+        string_to_id = _read_json(vocab_path)
+        missing = [token for token in special_tokens if token not in string_to_id]
+        if missing:
+            raise ValueError(f"{vocab_path}: has no special tokens {missing}; "
+                             "pass special_tokens=() if there are none")
         char_to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
-        vocab = {}
+        vocab: dict[int, bytes] = {}
         for string, token_id in string_to_id.items():
             if not isinstance(token_id, int) or token_id in vocab:
-                raise ValueError(f"{vocab_path}: token {string!r} has id {token_id!r}, not a new int")
+                raise ValueError(f"{vocab_path}: token {string!r} has id {token_id!r}, "
+                                 "which is not an int or is already taken")
             if string in special_tokens:
                 vocab[token_id] = string.encode("utf-8")
             elif all(char in char_to_byte for char in string):
                 vocab[token_id] = bytes(char_to_byte[char] for char in string)
             else:
-                raise ValueError(f"{vocab_path}: token {string!r} has characters outside GPT-2's byte alphabet")
-        missing = [token for token in special_tokens if token not in string_to_id]
-        if missing:
-            raise ValueError(f"{vocab_path}: special tokens {missing} are missing; pass special_tokens=() for none")
+                raise ValueError(f"{vocab_path}: token {string!r} is not in GPT-2's byte alphabet")
         merges = _read_merges(merges_path, string_to_id)
+        specials = {token: string_to_id[token] for token in special_tokens}
         try:
-            return cls(vocab, merges, pattern=pattern,
-                       special_tokens={token: string_to_id[token] for token in special_tokens})
+            return cls(vocab, merges, pattern=pattern, special_tokens=specials)
         except ValueError as error:
-            raise ValueError(f"{vocab_path}, {merges_path}: {error}") from None
+            raise ValueError(f"{vocab_path}: {error}") from None
 
 
-def _read_json(path: str | Path, expected_type: type) -> dict:
+def _read_json(path: str | Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(data, expected_type):
-        raise ValueError(f"{path}: expected a JSON {expected_type.__name__}, got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
 def _read_merges(path: str | Path, string_to_id: Mapping[str, int]) -> dict[tuple[int, int], int]:
-    """merges.txt -> {(left_id, right_id): new_id} in file order (rank order)."""
+    """merges.txt -> {(left_id, right_id): new_id} in file order, which is rank order."""
     merges: dict[tuple[int, int], int] = {}
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
     for line_number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r")
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
         parts = line.split(" ")
         if len(parts) != 2:
-            raise ValueError(f"{path} line {line_number}: expected two tokens separated by one space, got {line!r}")
+            raise ValueError(f"{path} line {line_number}: expected two tokens separated by "
+                             f"one space, got {line!r}")
         for string in (*parts, parts[0] + parts[1]):
             if string not in string_to_id:
                 raise ValueError(f"{path} line {line_number}: token {string!r} is not in the vocab")

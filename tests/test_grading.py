@@ -1,0 +1,107 @@
+"""olm_edu.grading: comparisons, messages, forbidden helpers, the exercise wrapper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from olm_edu.grading import Check, CheckFailed, exercise, forbidden
+
+
+def make_check(hidden: bool = False) -> Check:
+    return Check("Exercise 9 — test", seed=0, hidden=hidden)
+
+
+def test_close_accepts_an_equivalent_formulation_within_tolerance():
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1)).abs() + 0.1
+    check = make_check()
+    check.close(1 / x.sqrt(), x.rsqrt(), what="rsqrt", atol=1e-6, rtol=1e-5)
+    check.close(x.sum(0), x.flip(0).cumsum(0)[-1], what="sum order", atol=1e-5, rtol=1e-5)
+    assert check.passed == 2
+
+
+def test_close_names_the_worst_index_and_the_error():
+    expected = torch.zeros(3, 4)
+    got = expected.clone()
+    got[2, 1] = 0.5
+    with pytest.raises(CheckFailed, match=r"at index \(2, 1\) expected 0, got 0\.5"):
+        make_check().close(got, expected, what="case")
+
+
+@pytest.mark.parametrize(
+    "got, message",
+    [
+        ([0.0, 1.0], "expected a torch.Tensor, got list"),
+        (torch.zeros(2, 1), r"expected shape \(2,\), got \(2, 1\)"),
+        (torch.tensor([0.0, float("nan")]), "got nan at index \\(1,\\), expected a finite number"),
+    ],
+)
+def test_close_rejects_wrong_types_shapes_and_nan(got, message):
+    with pytest.raises(CheckFailed, match=message):
+        make_check().close(got, torch.zeros(2), what="case")
+
+
+def test_equal_shows_both_values_and_the_hint():
+    with pytest.raises(CheckFailed, match=r"merge: expected \[256, 5\], got \[256, 256\]. Hint: skip both"):
+        make_check().equal([256, 256], [256, 5], what="merge", hint="skip both")
+
+
+def test_call_turns_a_learner_exception_into_a_failure_naming_the_case():
+    def broken(x):
+        return x + "a"
+
+    with pytest.raises(CheckFailed, match=r"your code raised TypeError: .* \(on a \(4,\) tensor\)"):
+        make_check().call(broken, torch.zeros(4), what="a (4,) tensor")
+
+
+def test_forbidden_refuses_and_then_restores_the_originals():
+    original = torch.softmax, torch.Tensor.softmax
+    with pytest.raises(CheckFailed, match="your code calls torch.softmax"):
+        with forbidden("torch.softmax", "torch.Tensor.softmax"):
+            torch.softmax(torch.zeros(2), -1)
+    assert (torch.softmax, torch.Tensor.softmax) == original
+    assert torch.zeros(2).softmax(-1).tolist() == [0.5, 0.5]
+
+
+def test_forbidden_rejects_names_outside_torch():
+    with pytest.raises(ValueError, match="must be a dotted path starting with 'torch.'"):
+        with forbidden("numpy.exp"):
+            pass
+
+
+@exercise("Exercise 9 — double")
+def double(check: Check, fn) -> None:
+    x = check.randn(5)
+    check.close(check.call(fn, x, what="a (5,) tensor"), 2 * x, what="2x")
+
+
+def test_exercise_prints_a_tick_and_counts_checks(capsys):
+    double(lambda x: x + x)
+    assert capsys.readouterr().out == "✅ Exercise 9 — double: 1 checks passed\n"
+
+
+def test_exercise_prints_a_cross_with_the_seed_and_raises(capsys):
+    with pytest.raises(CheckFailed) as failure:
+        double(lambda x: 3 * x, seed=7)
+    out = capsys.readouterr().out
+    assert out.startswith("❌ Exercise 9 — double: 2x: at index") and out.rstrip().endswith("[seed=7]")
+    assert str(failure.value) == out.rstrip()
+
+
+def test_exercise_lets_not_implemented_error_through(capsys):
+    def stub(x):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        double(stub)
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_fresh_inputs_each_run_and_reproducible_with_a_seed():
+    seen = []
+    double(lambda x: seen.append(x.clone()) or 2 * x)
+    double(lambda x: seen.append(x.clone()) or 2 * x)
+    double(lambda x: seen.append(x.clone()) or 2 * x, seed=3)
+    double(lambda x: seen.append(x.clone()) or 2 * x, seed=3)
+    assert not torch.equal(seen[0], seen[1])
+    assert torch.equal(seen[2], seen[3])
