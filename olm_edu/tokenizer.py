@@ -10,7 +10,7 @@ Two rules make training deterministic, and every trainer in this module uses bot
 - **Tie rule**: the most frequent pair wins; among pairs with equal counts, the smallest pair
   wins, comparing pairs as tuples of ids: (32, 116) beats (101, 32).
 - **Stop rule**: training stops early, returning fewer merges, once the best pair occurs fewer
-  than 2 times; merging a pair seen once would not shorten the text.
+  than 2 times: a token for a pair seen once would be used in that one place only.
 
 GPT-2 first splits text into chunks with a regular expression (words, numbers, punctuation,
 whitespace), so merges never cross a chunk boundary: "dog." and "dog!" share the token "dog".
@@ -95,8 +95,7 @@ def learn_merges(chunks: Mapping[bytes, int] | Iterable[bytes],
     pair_counts: Counter[tuple[int, int]] = Counter()
     chunks_with: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for index, word in enumerate(words):
-        for pair, count in get_pair_counts(word).items():
-            pair_counts[pair] += count * weights[index]
+        for pair in _add_pairs(word, weights[index], pair_counts):
             chunks_with[pair].add(index)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)  # smallest (-count, pair) first: exactly the tie rule
@@ -109,23 +108,29 @@ def learn_merges(chunks: Mapping[bytes, int] | Iterable[bytes],
         new_id = merges[pair] = 256 + len(merges)
         touched: set[tuple[int, int]] = set()
         for index in chunks_with.pop(pair):
-            old, new = words[index], merge(words[index], pair, new_id)
-            if len(new) == len(old):  # the index is lazy too: this chunk lost the pair earlier
+            new_word = merge(words[index], pair, new_id)
+            if len(new_word) == len(words[index]):  # the index is lazy too: pair gone already
                 continue
-            words[index] = new
-            for old_pair, count in get_pair_counts(old).items():
-                pair_counts[old_pair] -= count * weights[index]
-                touched.add(old_pair)
-            for new_pair, count in get_pair_counts(new).items():
-                pair_counts[new_pair] += count * weights[index]
+            touched.update(_add_pairs(words[index], -weights[index], pair_counts))
+            for new_pair in _add_pairs(new_word, weights[index], pair_counts):
                 chunks_with[new_pair].add(index)
                 touched.add(new_pair)
-        for touched_pair in touched:  # one fresh heap entry per changed pair
+            words[index] = new_word
+        for touched_pair in touched:  # one fresh heap entry per pair whose count changed
             if pair_counts[touched_pair] > 0:
                 heapq.heappush(heap, (-pair_counts[touched_pair], touched_pair))
             else:
                 del pair_counts[touched_pair]
     return merges
+
+
+def _add_pairs(word: list[int], weight: int, pair_counts: Counter) -> Iterable[tuple[int, int]]:
+    """Add each pair of `word`, `weight` times, to pair_counts (a negative weight removes them);
+    return the pairs."""
+    pairs = get_pair_counts(word)
+    for pair, count in pairs.items():
+        pair_counts[pair] += count * weight
+    return pairs.keys()
 
 
 def _pop_most_frequent(heap: list, pair_counts: Mapping) -> tuple[int, int] | None:
@@ -142,6 +147,8 @@ def _chunk_frequencies(chunks: Mapping[bytes, int] | Iterable[bytes]) -> dict[by
         raise TypeError("chunks must be a collection of bytes chunks; pass [data] for one chunk")
     frequencies = dict(chunks) if isinstance(chunks, Mapping) else Counter(chunks)
     for chunk, count in frequencies.items():
+        if not isinstance(chunk, bytes):
+            raise TypeError(f"chunks must be bytes, got {chunk!r}; encode text with .encode()")
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"frequency of chunk {chunk!r} is {count!r}; it must be an int >= 1")
     return frequencies
@@ -150,6 +157,14 @@ def _chunk_frequencies(chunks: Mapping[bytes, int] | Iterable[bytes]) -> dict[by
 def _check_num_merges(num_merges: int) -> None:
     if not isinstance(num_merges, int) or num_merges < 0:
         raise ValueError(f"num_merges={num_merges!r} must be an int >= 0")
+
+
+def vocab_from_merges(merges: Mapping[tuple[int, int], int]) -> dict[int, bytes]:
+    """{id: bytes} for the 256 bytes (id = byte value) and every merged token, in rank order."""
+    vocab = {byte: bytes([byte]) for byte in range(256)}
+    for (left, right), new_id in merges.items():
+        vocab[new_id] = vocab[left] + vocab[right]
+    return vocab
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -181,7 +196,8 @@ class BPETokenizer:
 
     vocab: {id: bytes} for every token, special tokens included (as their UTF-8 bytes).
     merges: {(left_id, right_id): new_id} in rank order (the order they were learned).
-    pattern: the pre-tokenising regex, or None to treat the whole text as one chunk.
+    pattern: the pre-tokenising regex, or None to treat the whole text as one chunk (slow to
+        encode for long texts: each merge step rescans the chunk).
     special_tokens: {string: id}, tokens such as "<|endoftext|>" that are never merged.
     """
 
@@ -240,9 +256,7 @@ class BPETokenizer:
             pieces = splitter.findall(part) if splitter else [part]
             chunks.update(piece.encode("utf-8") for piece in pieces if piece)
         merges = learn_merges(chunks, vocab_size - minimum)
-        vocab = {byte: bytes([byte]) for byte in range(256)}
-        for (left, right), new_id in merges.items():
-            vocab[new_id] = vocab[left] + vocab[right]
+        vocab = vocab_from_merges(merges)
         specials = {token: len(vocab) + i for i, token in enumerate(special_tokens)}
         vocab.update({token_id: token.encode("utf-8") for token, token_id in specials.items()})
         return cls(vocab, merges, pattern=pattern, special_tokens=specials)
