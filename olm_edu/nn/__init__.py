@@ -1,0 +1,70 @@
+"""olm_edu.nn: the building blocks, one concept per module.
+
+    norms         LayerNorm, RMSNorm (Llama and Gemma conventions)
+    activations   GELU (exact, tanh), SiLU, ReLU by name; the GLU family
+    ffn           ClassicFFN, GatedFFN (SwiGLUFFN, GeGLUFFN), gated_hidden_dim
+    positions     learned, sinusoidal, RoPE (both layouts, all scalings), ALiBi
+    attention     Attention: MHA/GQA/MQA, RoPE, ALiBi, QK-norm, soft-cap, sliding window
+    blocks        Block, Residual, Repeat, Context
+    head          OutputHead (tied or not, soft-cap)
+    cache         KVCache
+
+The OLM library's class names are kept as thin aliases (`MultiHeadAttentionwithRoPE`,
+`GroupedQueryAttention`, ...): each returns an `Attention` with the matching options.
+Importing this package does not import transformers.
+"""
+
+from olm_edu.nn.activations import ACTIVATIONS, GLU_VARIANTS, get_activation, glu
+from olm_edu.nn.attention import Attention, attention_mask, repeat_kv, softcap
+from olm_edu.nn.blocks import Block, Context, Repeat, Residual
+from olm_edu.nn.cache import KVCache
+from olm_edu.nn.ffn import ClassicFFN, GatedFFN, GeGLUFFN, SwiGLUFFN, gated_hidden_dim
+from olm_edu.nn.head import OutputHead
+from olm_edu.nn.norms import LayerNorm, RMSNorm, make_norm
+from olm_edu.nn.positions import (
+    LearnedPositions,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    alibi_bias,
+    alibi_slopes,
+    apply_rotary,
+)
+
+
+def MultiHeadAttention(embed_dim: int, num_heads: int, **options) -> Attention:
+    """Standard multi-head attention (every head has its own keys and values)."""
+    return Attention(embed_dim, num_heads, **options)
+
+
+def MultiHeadAttentionwithRoPE(embed_dim: int, num_heads: int, **options) -> Attention:
+    """Multi-head attention with rotary position embeddings."""
+    return Attention(embed_dim, num_heads, position="rope", **options)
+
+
+def GroupedQueryAttention(embed_dim: int, num_heads: int, num_kv_heads: int, **options) -> Attention:
+    """Grouped-query attention: num_heads query heads share num_kv_heads key/value heads."""
+    options.setdefault("position", "rope")
+    return Attention(embed_dim, num_heads, num_kv_heads, **options)
+
+
+def MultiQueryAttention(embed_dim: int, num_heads: int, **options) -> Attention:
+    """Multi-query attention: one key/value head shared by every query head."""
+    options.setdefault("position", "rope")
+    return Attention(embed_dim, num_heads, 1, **options)
+
+
+def FlashAttention(embed_dim: int, num_heads: int, **options) -> Attention:
+    """Attention computed by PyTorch's fused kernel (flash attention where the hardware has it)."""
+    return Attention(embed_dim, num_heads, implementation="sdpa", **options)
+
+
+__all__ = [
+    "ACTIVATIONS", "GLU_VARIANTS", "get_activation", "glu",
+    "Attention", "attention_mask", "repeat_kv", "softcap",
+    "MultiHeadAttention", "MultiHeadAttentionwithRoPE", "GroupedQueryAttention", "MultiQueryAttention",
+    "FlashAttention",
+    "Block", "Context", "Repeat", "Residual", "KVCache",
+    "ClassicFFN", "GatedFFN", "GeGLUFFN", "SwiGLUFFN", "gated_hidden_dim",
+    "OutputHead", "LayerNorm", "RMSNorm", "make_norm",
+    "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions", "alibi_bias", "alibi_slopes", "apply_rotary",
+]

@@ -1,0 +1,215 @@
+"""Causal self-attention: one implementation, every knob the course turns.
+
+For each head h, with queries Q, keys K and values V of width d_h:
+
+    scores = Q K^T * scale                    scale = 1/sqrt(d_h) (or query_pre_attn_scalar^-1/2)
+    scores = cap * tanh(scores / cap)         attention-logit soft-cap (Gemma 2), optional
+    scores = scores + alibi bias              ALiBi, optional
+    scores[q, k] = -inf where k may not be seen: the future (causal), or further back than the
+                   sliding window (q - k >= window)
+    out = softmax(scores) V
+
+Knobs:
+- num_kv_heads < num_heads shares each key/value head among a group of query heads
+  (GQA; MQA when num_kv_heads = 1; MHA when equal). `repeat_kv` expands them for the maths.
+- position="rope" rotates queries and keys by their absolute positions (either layout);
+  "alibi" adds a distance penalty to the scores; anything else leaves them alone.
+- qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3).
+- implementation="explicit" computes the formula above line by line; "sdpa" calls
+  `torch.nn.functional.scaled_dot_product_attention` (which can use fused kernels). They
+  agree to float32 rounding. SDPA has no soft-cap, so a soft-capped layer always runs explicit.
+
+Shapes: x (B, T, embed_dim) -> (B, T, embed_dim)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from olm_edu.nn.blocks import Context
+from olm_edu.nn.norms import RMSNorm
+from olm_edu.nn.positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rotary
+
+__all__ = ["Attention", "attention_mask", "repeat_kv", "softcap", "IMPLEMENTATIONS"]
+
+IMPLEMENTATIONS = ("explicit", "sdpa")
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap): a smooth clamp to (-cap, cap); identity when cap is None."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, H_kv, T, d) -> (B, H_kv * groups, T, d): each KV head serves `groups` query heads."""
+    if groups == 1:
+        return x
+    batch, kv_heads, length, dim = x.shape
+    return x[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, kv_heads * groups, length, dim)
+
+
+def attention_mask(
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    causal: bool = True,
+    window: int | None = None,
+) -> torch.Tensor | None:
+    """(T_q, T_k) boolean mask, True where a query may attend to a key; None if all may.
+
+    causal: key position <= query position. window: query - key < window (a window of W
+    sees the token itself and the W - 1 before it).
+    """
+    offset = query_positions[:, None] - key_positions[None, :]  # (T_q, T_k)
+    allowed = None
+    if causal:
+        allowed = offset >= 0
+    if window is not None:
+        inside = offset < window
+        allowed = inside if allowed is None else allowed & inside
+    return allowed
+
+
+class Attention(nn.Module):
+    """Multi-head attention covering MHA / GQA / MQA, RoPE, ALiBi, QK-norm, soft-cap, windows.
+
+    Parameters are named as in Llama's code: q_proj, k_proj, v_proj, o_proj (and q_norm,
+    k_norm with QK-norm).
+    """
+
+    uses_context = True
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        *,
+        bias: bool = False,
+        out_bias: bool | None = None,
+        causal: bool = True,
+        position: str = "none",
+        rope_theta: float = 10_000.0,
+        rope_scaling: dict | None = None,
+        rope_layout: str = "half",
+        partial_rotary_factor: float = 1.0,
+        max_seq_len: int = 2048,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        logit_softcap: float | None = None,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        dropout: float = 0.0,
+        implementation: str = "sdpa",
+        layer_index: int = 0,
+    ):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+        if head_dim is None:
+            if embed_dim % num_heads:
+                raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} (or set head_dim)")
+            head_dim = embed_dim // num_heads
+        if position not in ("none", "rope", "alibi", "learned", "sinusoidal"):
+            raise ValueError(f"position={position!r} is not one of ('none', 'rope', 'alibi', 'learned', 'sinusoidal')")
+        self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
+        self.causal, self.sliding_window, self.logit_softcap = causal, sliding_window, logit_softcap
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.dropout, self.layer_index = dropout, layer_index
+        self.implementation = implementation  # validated by the property setter
+
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
+        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+
+        self.rope_layout = rope_layout
+        self.rotary = None
+        if position == "rope":
+            rotary_dim = int(head_dim * partial_rotary_factor)
+            if rotary_dim % 2:
+                raise ValueError(f"RoPE needs an even number of rotated dimensions, got {rotary_dim} (head_dim={head_dim})")
+            self.rotary = RotaryEmbedding(rotary_dim, rope_theta, rope_scaling, max_seq_len, layout=rope_layout)
+        self.register_buffer(
+            "alibi_slopes", alibi_slopes(num_heads) if position == "alibi" else None, persistent=False
+        )
+
+    @property
+    def implementation(self) -> str:
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: str) -> None:
+        if value not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation={value!r} is not one of {IMPLEMENTATIONS}")
+        self._implementation = value
+
+    def forward(self, x: torch.Tensor, context: Context | None = None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        positions = context.positions if context is not None else torch.arange(length, device=x.device)
+        cache = context.cache if context is not None else None
+
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:  # QK-norm acts on each head's vectors, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            cos, sin = self.rotary(positions, dtype=q.dtype)
+            q = apply_rotary(q, cos, sin, self.rope_layout)
+            k = apply_rotary(k, cos, sin, self.rope_layout)
+
+        key_positions = positions
+        if cache is not None:
+            k, v, key_positions = cache.update(self.layer_index, k, v, positions, self.sliding_window)
+        groups = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, T_k, d)
+
+        allowed = attention_mask(positions, key_positions, self.causal, self.sliding_window)
+        bias = None
+        if self.alibi_slopes is not None:
+            bias = alibi_bias(self.alibi_slopes, positions, key_positions).to(q.dtype)  # (H, T_q, T_k)
+        if self.implementation == "explicit" or self.logit_softcap is not None:
+            out = self._explicit(q, k, v, allowed, bias)
+        elif cache is None and bias is None and self.causal and self.sliding_window is None:
+            out = self._sdpa(q, k, v, None, None, is_causal=True)  # lets SDPA pick a fused causal kernel
+        else:
+            out = self._sdpa(q, k, v, allowed, bias)
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
+        return self.o_proj(out)
+
+    def _explicit(self, q, k, v, allowed, bias) -> torch.Tensor:
+        """The formula, one line per step. q (B, H, T_q, d), k and v (B, H, T_k, d)."""
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T_q, T_k)
+        scores = softcap(scores, self.logit_softcap)
+        if bias is not None:
+            scores = scores + bias
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        weights = F.dropout(weights, self.dropout, self.training)
+        return weights @ v  # (B, H, T_q, d)
+
+    def _sdpa(self, q, k, v, allowed, bias, is_causal: bool = False) -> torch.Tensor:
+        """The same through PyTorch's fused kernel; a mask (and ALiBi) go in as an additive bias."""
+        mask = allowed
+        if bias is not None:
+            mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal, scale=self.scale,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"heads={self.num_heads}", f"kv_heads={self.num_kv_heads}", f"head_dim={self.head_dim}"]
+        if self.sliding_window is not None:
+            parts.append(f"sliding_window={self.sliding_window}")
+        if self.logit_softcap is not None:
+            parts.append(f"logit_softcap={self.logit_softcap}")
+        parts.append(f"implementation={self.implementation!r}")
+        return ", ".join(parts)

@@ -1,0 +1,60 @@
+"""The KV cache: keys and values of past tokens, kept so each new token costs one step.
+
+Without a cache, generating token t re-computes the keys and values of all t - 1 earlier
+tokens. They never change (a causal model's past does not depend on the future), so we keep
+them: each layer appends the new tokens' keys and values and attends over everything kept.
+
+Each layer also keeps the absolute position of every cached key, so the attention mask is
+built from positions rather than indices. That makes the sliding-window layers simple: they
+evict keys that have fallen out of the window (a rolling cache holding at most
+`sliding_window` entries), and the mask still knows where every remaining key sits.
+
+Shapes: keys and values (B, num_kv_heads, T_cached, head_dim); positions (T_cached,).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Per-layer cached keys, values and their positions."""
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.positions: list[torch.Tensor | None] = [None] * num_layers
+        self.seen_tokens = 0  # how many positions the model has consumed so far
+
+    def update(
+        self,
+        layer: int,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        window: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append this step's keys/values; return everything this step may attend to.
+
+        With `window`, the returned tensors still include the keys the earliest new query
+        needs, but the cache keeps only the last `window` positions for later steps.
+        """
+        if self.keys[layer] is not None:
+            keys = torch.cat([self.keys[layer], keys], dim=2)
+            values = torch.cat([self.values[layer], values], dim=2)
+            positions = torch.cat([self.positions[layer], positions])
+        keep = slice(-window, None) if window is not None else slice(None)
+        self.keys[layer], self.values[layer] = keys[:, :, keep], values[:, :, keep]
+        self.positions[layer] = positions[keep]
+        return keys, values, positions
+
+    def cached_length(self, layer: int) -> int:
+        """How many keys layer `layer` holds (at most the window for sliding layers)."""
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values."""
+        tensors = [t for t in self.keys + self.values if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
