@@ -524,7 +524,8 @@ def test_sinusoidal_table_refuses_odd_embed_dim():
 @pytest.mark.parametrize(
     "scaling, message",
     [
-        ({"rope_type": "longrope", "factor": 2.0}, r"unknown rope_type='longrope'.*default, linear, dynamic, yarn, llama3"),
+        ({"rope_type": "longrope", "factor": 2.0},
+         r"unknown rope_type='longrope'.*default, linear, dynamic, yarn, llama3"),
         ({"rope_type": "linear"}, r"missing key\(s\) \['factor'\]"),
         ({"rope_type": "llama3", "factor": 8.0}, r"missing key\(s\) \['high_freq_factor', 'low_freq_factor'\]"),
         ({"rope_type": "linear", "factor": 2.0, "facter": 3.0}, r"unknown key\(s\) \['facter'\].*allowed"),

@@ -241,7 +241,9 @@ def validate_rope_scaling(scaling: dict[str, Any] | None) -> str:
     if scaling is None:
         return "default"
     if not isinstance(scaling, dict):
-        raise ValueError(f"scaling must be a dict such as {{'rope_type': 'linear', 'factor': 2.0}} or None, got {scaling!r}")
+        raise ValueError(
+            f"scaling must be a dict such as {{'rope_type': 'linear', 'factor': 2.0}} or None, got {scaling!r}"
+        )
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if "type" in scaling and "rope_type" in scaling and scaling["type"] != scaling["rope_type"]:
         raise ValueError(
@@ -417,7 +419,8 @@ class RotaryEmbedding(nn.Module):
     (or None); max_seq_len: max_position_embeddings; layout: "half" or "interleaved".
 
     cos and sin are computed in float32, multiplied by the attention factor (yarn), then cast
-    to `dtype`. Keep this module in float32: `model.to(torch.bfloat16)` would round inv_freq.
+    to `dtype`. Note that `model.to(torch.bfloat16)` rounds the inv_freq buffer to bfloat16
+    (as it does transformers' buffer); pass `dtype` instead to get low-precision cos/sin.
 
     Dynamic NTK keeps state, as transformers does: when a call sees positions reaching
     max(positions) + 1 = T beyond the longest length stretched for so far, the frequencies are
