@@ -1,9 +1,4 @@
-"""Plausible wrong answers to each exercise, and what its check must say about them.
-
-lesson file -> grade_id of the solution cell -> [(wrong source, fragment of the check's message)].
-tests/test_lessons.py puts each wrong answer into the solution cell, runs the check cell, and
-requires a failure whose message contains the fragment. Every exercise must appear here.
-"""
+"""Wrong answers for lessons 00 and 01."""
 
 WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
     "00_welcome.ipynb": {
