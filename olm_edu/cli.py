@@ -3,6 +3,8 @@
     olm-edu lessons            regenerate lessons/ from solutions/
     olm-edu lessons --check    exit 1 (and show a diff) when lessons/ is out of date
     olm-edu run SOLUTION...    execute solution notebooks in place, storing their outputs
+    olm-edu grade SUBMISSIONS... --lesson NN --out DIR
+                               grade a class: DIR/gradebook.csv and DIR/feedback/<student>.html
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from olm_edu.grader import STUDENT_FAULTS, Limits, grade
+
+    limits = Limits(notebook_seconds=args.time_limit, cell_seconds=args.cell_time_limit, memory_mb=args.memory_limit)
+    results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), limits=limits)
+    system = [r for r in results if r.system_error]
+    failed = [r for r in results if r.status in STUDENT_FAULTS]
+    graded = len(results) - len(system) - len(failed)
+    print(
+        f"graded {graded} of {len(results)} submissions; {len(failed)} did not run to the end or were flagged "
+        f"(see the status column); {len(system)} system errors; gradebook: {Path(args.out) / 'gradebook.csv'}"
+    )
+    for result in system:
+        print(f"system error for {result.student}: {result.detail}", file=sys.stderr)
+    return 2 if system else (1 if failed else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="olm-edu", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebooks", nargs="+", help="paths of solution notebooks")
     run.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
     run.set_defaults(run=_run)
+    grade = commands.add_parser("grade", help="grade submitted notebooks of one lesson")
+    grade.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders searched for notebooks")
+    grade.add_argument("--lesson", required=True, help="the lesson: 01, or 01_tokens")
+    grade.add_argument("--out", required=True, help="folder for gradebook.csv and feedback/")
+    grade.add_argument("--course", default=".", help="the course folder holding solutions/ (default: here)")
+    grade.add_argument("--time-limit", type=float, default=300.0, help="seconds per notebook (default 300)")
+    grade.add_argument("--cell-time-limit", type=float, default=60.0, help="seconds per cell (default 60)")
+    grade.add_argument("--memory-limit", type=int, default=4096, help="MB per notebook (default 4096)")
+    grade.set_defaults(run=_grade)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,292 @@
+"""`olm-edu grade`: grade a class's notebooks for one lesson, safely, without a database.
+
+    olm-edu grade submissions/ --lesson 01 --out grades/
+
+For each submitted notebook:
+1. read it (a file that is not a notebook fails to run, with the reason);
+2. assemble the notebook to run (`assemble`): the student's answers, the course's own checks
+   with their hidden tests, everything else as the course wrote it;
+3. run it in a fresh kernel, in its own process and temporary folder, with a time limit per
+   cell and for the whole notebook and a memory limit (`worker`, watched from here);
+4. score each exercise: its points when its check cell printed the grader's token and raised
+   nothing; read the code for cheating (`scan`); check the course's files were not touched.
+
+Results go to `DIR/gradebook.csv` (a row per student, a column per exercise, the total and the
+status), `DIR/feedback/<student>.html` (what passed, what failed, the check's message, where in
+the notebook), and `DIR/results.json`. Re-running gives the same files: check seeds are pinned
+per student. A status other than "graded" says why a submission was not fully graded, and
+whether that was the submission's doing or the grader's ("system error").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+import psutil
+
+import olm_edu
+from olm_edu.grader.assemble import Exercise, assemble, exercises_of
+from olm_edu.grader.report import write_reports
+
+__all__ = ["Limits", "ExerciseResult", "SubmissionResult", "grade", "find_solution", "student_name"]
+
+STUDENT_FAULTS = ("invalid notebook", "time limit", "memory limit", "kernel died", "flagged", "modified course files")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much memory one submission may use."""
+
+    notebook_seconds: float = 300.0
+    cell_seconds: float = 60.0
+    memory_mb: int = 4096
+
+
+@dataclass
+class ExerciseResult:
+    grade_id: str
+    title: str
+    points: float
+    max_points: float
+    passed: bool
+    message: str
+    where: str
+
+
+@dataclass
+class SubmissionResult:
+    student: str
+    path: str
+    status: str = "graded"
+    detail: str = ""
+    exercises: list[ExerciseResult] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(e.points for e in self.exercises)
+
+    @property
+    def max_total(self) -> float:
+        return sum(e.max_points for e in self.exercises)
+
+    @property
+    def system_error(self) -> bool:
+        return self.status == "system error"
+
+
+def find_solution(course: Path, lesson: str) -> Path:
+    """solutions/NN_name.ipynb for `lesson` given as "01", "1" or "01_tokens"."""
+    candidates = sorted(Path(course, "solutions").glob("[0-9][0-9]_*.ipynb"))
+    for path in candidates:
+        if lesson in (path.stem, path.stem[:2]) or (lesson.isdigit() and int(lesson) == int(path.stem[:2])):
+            return path
+    names = ", ".join(p.stem for p in candidates) or "none"
+    raise ValueError(f"lesson={lesson!r} matches no solution notebook in {course}/solutions (have: {names})")
+
+
+def student_name(path: Path, lesson_stem: str) -> str:
+    """alice.ipynb -> alice; alice/01_tokens.ipynb (named as the lesson) -> alice."""
+    name = path.parent.name if path.stem == lesson_stem else path.stem
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "student"
+
+
+def _submission_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"submission {path} does not exist")
+    return files
+
+
+def _snapshot(roots: list[Path]) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _restore_changes(snapshot: dict[Path, bytes]) -> list[str]:
+    """Put back any course file a submission changed or deleted; return their names."""
+    changed = []
+    for path, content in snapshot.items():
+        if not path.exists() or path.read_bytes() != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            changed.append(str(path))
+    return changed
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _kill_tree(process: psutil.Process) -> None:
+    members = [process, *process.children(recursive=True)]
+    for member in members:
+        try:
+            member.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(members, timeout=10)
+
+
+def _run_worker(job: dict, limits: Limits) -> str | None:
+    """Run the worker; return "time limit" / "memory limit" if it had to be stopped."""
+    job_file = Path(job["workdir"]).parent / "job.json"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    log = open(Path(job["workdir"]).parent / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "olm_edu.grader.worker", str(job_file)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = psutil.Process(worker.pid)
+    deadline = time.monotonic() + limits.notebook_seconds
+    stopped = None
+    try:
+        while worker.poll() is None:
+            if time.monotonic() > deadline:
+                stopped = "time limit"
+            elif _tree_rss(process) > limits.memory_mb * 2**20:
+                stopped = "memory limit"
+            if stopped:
+                _kill_tree(process)
+                break
+            time.sleep(0.05)
+    finally:
+        if worker.poll() is None:
+            _kill_tree(process)
+        log.close()
+    return stopped
+
+
+def _read_results(path: Path) -> tuple[dict[str, dict], dict[str, str], dict]:
+    """(check outcomes by check id, answer-cell errors by grade_id, how the run ended)."""
+    checks, answer_errors, end = {}, {}, {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if "check" in record:
+                checks[record["check"]] = record
+            elif "answer" in record:
+                answer_errors[record["answer"]] = record["error"]
+            else:
+                end = record
+    return checks, answer_errors, end
+
+
+def _score(result: SubmissionResult, exercises: list[Exercise], checks: dict, missing: dict, cells: dict,
+           scored: bool, answer_errors: dict | None = None) -> None:
+    answer_errors = answer_errors or {}
+    for exercise in exercises:
+        outcome = checks.get(exercise.check_id)
+        where = (f"your answer cell is cell {cells[exercise.grade_id] + 1} of your notebook"
+                 if exercise.grade_id in cells else "no answer cell found")
+        if exercise.grade_id in missing:
+            passed, message = False, missing[exercise.grade_id]
+        elif outcome is None:
+            passed, message = False, "not run: the notebook stopped before this check (see the status above)"
+        else:
+            passed, message = outcome["passed"], outcome["message"]
+        if exercise.grade_id in answer_errors:
+            message = f"your answer cell itself failed: {answer_errors[exercise.grade_id]}\n{message}"
+        points = exercise.points if (passed and scored) else 0.0
+        result.exercises.append(ExerciseResult(exercise.grade_id, exercise.title, points, exercise.points, passed, message, where))
+
+
+def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits: Limits,
+              snapshot: dict[Path, bytes]) -> SubmissionResult:
+    """Grade one submitted notebook (see the module docstring for the steps)."""
+    result = SubmissionResult(student, str(path))
+    exercises = exercises_of(solution)
+    start = time.perf_counter()
+    try:
+        submission = nbformat.read(path, as_version=4)
+    except Exception as error:  # not JSON, not a notebook, unreadable
+        result.status, result.detail = "invalid notebook", f"could not read {path.name}: {type(error).__name__}: {error}"[:500]
+        _score(result, exercises, {}, {}, {}, scored=False)
+        return result
+    token = f"OLM-EDU-CHECK-PASSED-{secrets.token_hex(16)}"
+    graded = assemble(submission, solution, token)
+    result.findings = [str(finding) for finding in graded.findings]
+    seed = int(hashlib.sha256(f"{student}/{path.stem}".encode()).hexdigest()[:8], 16)
+    with tempfile.TemporaryDirectory(prefix="olm-edu-grade-") as scratch:
+        workdir = Path(scratch, "work")
+        workdir.mkdir()
+        notebook_file = Path(scratch, "graded.ipynb")
+        nbformat.write(graded.notebook, notebook_file)
+        job = {"notebook": str(notebook_file), "workdir": str(workdir), "results": str(Path(scratch, "results.jsonl")),
+               "token": token, "seed": seed, "cell_timeout": limits.cell_seconds}
+        stopped = _run_worker(job, limits)
+        checks, answer_errors, end = _read_results(Path(job["results"]))
+        log_file = Path(scratch, "worker.log")
+        log = log_file.read_text(encoding="utf-8", errors="replace")[-1500:] if log_file.exists() else "(no log)"
+    changed = _restore_changes(snapshot)
+    if stopped == "time limit":
+        result.status, result.detail = stopped, f"the notebook ran longer than {limits.notebook_seconds:g} s and was stopped"
+    elif stopped == "memory limit":
+        result.status, result.detail = stopped, f"the notebook used more than {limits.memory_mb} MB of memory and was stopped"
+    elif end.get("end") == "kernel_died":
+        result.status = "kernel died"
+        result.detail = f"the Python process ended while running cell {end.get('cell', -1) + 1} of the graded notebook (e.g. os._exit or a crash)"
+    elif end.get("end") == "system_error" or not end:
+        result.status = "system error"
+        result.detail = end.get("detail") or f"the grading worker stopped without a result: {log}"
+    if changed:
+        result.status, result.detail = "modified course files", "restored: " + ", ".join(changed)
+    elif graded.findings and result.status == "graded":
+        result.status, result.detail = "flagged", "code that could tamper with the checks (listed below); not scored, ask your instructor"
+    scored = result.status not in ("flagged", "modified course files", "system error")
+    _score(result, exercises, checks, graded.missing, graded.student_cells, scored, answer_errors)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | None = None,
+          limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None) -> list[SubmissionResult]:
+    """Grade every notebook under `submissions` for `lesson`; write the reports into `out`.
+
+    `protect`: folders whose files a submission must not change (default: the olm_edu package
+    and the course's solutions/); any change is undone after the submission and reported.
+    """
+    course = Path(course) if course is not None else Path.cwd()
+    solution_path = find_solution(course, lesson)
+    solution = nbformat.read(solution_path, as_version=4)
+    files = _submission_files([Path(p) for p in submissions])
+    if not files:
+        raise ValueError("no submitted notebooks (.ipynb) found in " + ", ".join(map(str, submissions)))
+    protect = protect if protect is not None else [Path(olm_edu.__file__).parent, course / "solutions"]
+    snapshot = _snapshot([Path(p) for p in protect])
+    students = [student_name(path, solution_path.stem) for path in files]
+    duplicates = sorted({s for s in students if students.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"several submissions map to the same student name: {', '.join(duplicates)}")
+    from tqdm.auto import tqdm
+
+    results = []
+    for path, student in tqdm(list(zip(files, students)), desc=f"grading {solution_path.stem}", unit="notebook",
+                              disable=not progress):
+        results.append(grade_one(path, solution, student, limits, snapshot))
+    out = Path(out)
+    if (out / "feedback").exists():
+        shutil.rmtree(out / "feedback")  # re-running replaces the reports, never mixes old and new
+    write_reports(results, exercises_of(solution), solution_path.stem, out)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
+    return results
