@@ -1,0 +1,54 @@
+"""The solution notebooks work in an nbgrader course unchanged: generate, submit, autograde."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbgrader.api import Gradebook
+
+ROOT = Path(__file__).resolve().parents[1]
+CORRECT = "def softmax(x):\n    e = (x - x.max(-1, keepdim=True).values).exp()\n    return e / e.sum(-1, keepdim=True)\n"
+WRONG = "def softmax(x):\n    return x.exp() / x.exp().sum(-1, keepdim=True)\n"
+
+
+def nbgrader(course: Path, *args: str) -> None:
+    # nbgrader runs `alembic` from PATH, so the virtualenv's scripts must be on it
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [sys.executable, "-m", "nbgrader", *args]
+    result = subprocess.run(command, cwd=course, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
+    course = tmp_path / "course"
+    (course / "source" / "lesson00").mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / "00_welcome.ipynb", course / "source" / "lesson00")
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        "c.CourseDirectory.course_id = 'olm-edu'\n"
+        f"c.CourseDirectory.db_url = 'sqlite:///{course / 'gradebook.db'}'\n"
+    )
+    nbgrader(course, "db", "assignment", "add", "lesson00")
+    nbgrader(course, "generate_assignment", "lesson00", "--force")
+    released = nbformat.read(course / "release" / "lesson00" / "00_welcome.ipynb", as_version=4)
+    assert "BEGIN HIDDEN TESTS" not in nbformat.writes(released)
+    for student, answer in (("alice", CORRECT), ("bob", WRONG)):
+        nbgrader(course, "db", "student", "add", student)
+        for cell in released.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") == "softmax":
+                cell.source = answer
+        folder = course / "submitted" / student / "lesson00"
+        folder.mkdir(parents=True)
+        nbformat.write(released, folder / "00_welcome.ipynb")
+    nbgrader(course, "autograde", "lesson00", "--force")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        alice = gradebook.find_submission("lesson00", "alice")
+        bob = gradebook.find_submission("lesson00", "bob")
+        assert (alice.score, alice.max_score) == (2.0, 2.0)
+        assert (bob.score, bob.max_score) == (0.0, 2.0)
