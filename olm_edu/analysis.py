@@ -1,16 +1,24 @@
 """Closed-form sizes of a `ModelConfig`: parameters, weight and KV-cache bytes, FLOPs per token.
 
-Everything here is arithmetic on the knobs; no weight is allocated, so a 405B model is as quick
+Everything here is arithmetic on the knobs; no weight is allocated, so a 671B model is as quick
 as a toy. Per layer, with d = embed_dim, H = num_heads, K = kv_heads, h = head_size and
 F = hidden_dim:
 
     attention  d*H*h (q) + 2*d*K*h (k, v) + H*h*d (o)   + biases: H*h + 2*K*h (qkv), d (o)
+               MLA (r_q = q_latent_dim, r = kv_latent_dim, h_R = rope_head_dim, h_v = value_head_size):
+               q: d*r_q + r_q*H*(h + h_R) (or d*H*(h + h_R) without a query latent)
+               kv: d*(r + h_R) + r*H*(h + h_v);  o: H*h_v*d;  biases on the down-projections and o
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
+               MoE layer (E experts of width F_e, k per token, S shared): router E*d, experts
+               E*3*d*F_e, shared experts one glu of width S*F_e; a token uses the router, k
+               experts and the shared ones
     norms      2 per layer ("pre", "post") or 4 ("sandwich"), each d (+ d bias for layernorm);
-               qk_norm adds 2*h; "pre" and "sandwich" add one final norm
+               qk_norm adds 2*h; MLA adds its latent norms r_q + r; "pre" and "sandwich" add
+               one final norm
 
 plus the token table (vocab*d), a learned position table (max_seq_len*d), and an output head
-(vocab*d, only when untied; vocab more with lm_head_bias).
+(vocab*d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
+(e_score_correction_bias) is a buffer, not a parameter, and is not counted (as transformers).
 """
 
 from __future__ import annotations
@@ -45,10 +53,17 @@ class ParamCount:
     non_embedding  total - embedding. For tied models (GPT-2) this is Kaplan et al.'s N
                    ("excluding embedding parameters"); for untied ones it also leaves out the
                    head, as the Qwen2.5 model cards do ("Non-Embedding: 6.53B" for 7.61B).
-    active         parameters used for one token. A dense model uses all of them, so this is
-                   total, input embedding included (a lookup, but its row is used); MoE
-                   configs will make it smaller.
-    by_component   embeddings, positions, attention, ffn, norms, head; sums to total.
+    active         parameters used for one token: total minus the routed experts a token does
+                   not choose (a dense model uses all of them, so active = total). The input
+                   embedding table IS counted in active, as is the output head. Publishers
+                   differ: Mistral (Mixtral-8x7B: 12.9B) and Qwen (Qwen3-30B-A3B: 3.3B) count
+                   the input embedding; DeepSeek (V2-Lite: 2.4B, V3: 36.6B, "37B") does not.
+                   `active_without_input_embedding` gives DeepSeek's convention.
+    by_component   embeddings, positions, attention, ffn (routers, experts and shared
+                   experts included), norms, head; sums to total.
+    mtp            parameters of the cfg.mtp_layers multi-token-prediction modules (not in
+                   total: the main model does not use them); their embedding and head are
+                   the main model's, so not counted again.
     """
 
     total: int
@@ -56,22 +71,56 @@ class ParamCount:
     non_embedding: int
     active: int
     by_component: dict[str, int] = field(default_factory=dict)
+    mtp: int = 0
+
+    @property
+    def active_without_input_embedding(self) -> int:
+        """active minus the token-embedding table (DeepSeek's way of counting active parameters)."""
+        return self.active - self.by_component.get("embeddings", 0)
+
+
+def _latent_attention_params(cfg: ModelConfig) -> int:
+    """One MLA layer's projections and their biases (the latent norms are counted as norms)."""
+    d, heads, bias = cfg.embed_dim, cfg.num_heads, cfg.qkv_bias
+    q_out = heads * cfg.qk_head_size
+    if cfg.q_latent_dim is None:
+        q = d * q_out
+    else:
+        q = d * cfg.q_latent_dim + cfg.q_latent_dim * bias + cfg.q_latent_dim * q_out
+    down = cfg.kv_latent_dim + cfg.rope_head_dim
+    kv = d * down + down * bias + cfg.kv_latent_dim * heads * (cfg.head_size + cfg.value_head_size)
+    o = heads * cfg.value_head_size * d + d * cfg.attn_out_bias
+    return q + kv + o
 
 
 def _attention_params(cfg: ModelConfig) -> int:
     """One layer's q, k, v, o projections and their biases."""
+    if cfg.attention == "mla":
+        return _latent_attention_params(cfg)
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     weights = d * q_width + 2 * d * kv_width + q_width * d
     biases = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
     return weights + biases
 
 
-def _ffn_params(cfg: ModelConfig) -> int:
-    """One layer's feed-forward: up and down, plus a gate for GLU."""
-    d, hidden = cfg.embed_dim, cfg.hidden_dim
+def _dense_ffn_params(cfg: ModelConfig, hidden: int, bias: bool) -> int:
+    """One feed-forward of width `hidden`: up and down, plus a gate for GLU."""
+    d = cfg.embed_dim
     if cfg.ffn == "glu":
-        return 3 * d * hidden + (2 * hidden + d) * cfg.ffn_bias
-    return 2 * d * hidden + (hidden + d) * cfg.ffn_bias
+        return 3 * d * hidden + (2 * hidden + d) * bias
+    return 2 * d * hidden + (hidden + d) * bias
+
+
+def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
+    """Layer `index`'s feed-forward: (parameters, parameters one token uses)."""
+    if not cfg.is_moe_layer(index):
+        dense = _dense_ffn_params(cfg, cfg.hidden_dim, cfg.ffn_bias)
+        return dense, dense
+    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=False)
+    always = cfg.num_experts * cfg.embed_dim  # the router
+    if cfg.num_shared_experts:
+        always += _dense_ffn_params(cfg, cfg.num_shared_experts * cfg.expert_width, cfg.ffn_bias)
+    return always + cfg.num_experts * expert, always + cfg.experts_per_token * expert
 
 
 def _norm_params(cfg: ModelConfig) -> int:
@@ -79,6 +128,7 @@ def _norm_params(cfg: ModelConfig) -> int:
     one_norm = cfg.embed_dim * (2 if cfg.norm_bias else 1)
     per_layer = {"pre": 2, "post": 2, "sandwich": 4}[cfg.norm_placement] * one_norm
     per_layer += 2 * cfg.head_size if cfg.qk_norm else 0
+    per_layer += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
     # "post" (the 2017 layout) ends every block with a norm, so it has no final norm
     final = 0 if cfg.norm_placement == "post" else one_norm
     return cfg.num_layers * per_layer + final
@@ -86,17 +136,29 @@ def _norm_params(cfg: ModelConfig) -> int:
 
 def count_params(cfg: ModelConfig) -> ParamCount:
     """Parameters `cfg` describes, exactly, without building it (see `ParamCount`)."""
+    ffn = [_ffn_params(cfg, index) for index in range(cfg.num_layers)]
     parts = {
         "embeddings": cfg.vocab_size * cfg.embed_dim,
         "positions": cfg.max_seq_len * cfg.embed_dim if cfg.position == "learned" else 0,
         "attention": cfg.num_layers * _attention_params(cfg),
-        "ffn": cfg.num_layers * _ffn_params(cfg),
+        "ffn": sum(total for total, _ in ffn),
         "norms": _norm_params(cfg),
         "head": (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim) + cfg.vocab_size * cfg.lm_head_bias,
     }
     total = sum(parts.values())
     embedding = parts["embeddings"] + parts["positions"] + parts["head"]
-    return ParamCount(total, embedding, total - embedding, active=total, by_component=parts)
+    active = total - sum(total - used for total, used in ffn)
+    return ParamCount(total, embedding, total - embedding, active, by_component=parts, mtp=_mtp_params(cfg))
+
+
+def _mtp_params(cfg: ModelConfig) -> int:
+    """cfg.mtp_layers MultiTokenPrediction modules: enorm, hnorm, eh_proj (2d -> d), one MoE
+    layer and its output norm (embedding and head are shared with the main model)."""
+    if not cfg.mtp_layers:
+        return 0
+    one_layer = cfg.replace(num_layers=1, first_dense_layers=0, layer_types=None)
+    layer = _attention_params(one_layer) + _ffn_params(one_layer, 0)[0] + _norm_params(one_layer) - cfg.embed_dim
+    return cfg.mtp_layers * (3 * cfg.embed_dim + 2 * cfg.embed_dim * cfg.embed_dim + layer)
 
 
 def _bits(dtype: torch.dtype | str) -> int:
@@ -137,12 +199,22 @@ def kv_cache_bytes(
     """Bytes of the key/value cache after `seq_len` tokens.
 
     Sum over layers of 2 (k and v) * kv_heads * head_size * tokens cached * batch_size, in
-    `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens.
+    `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens. Multi-head
+    latent attention caches kv_latent_dim + rope_head_dim numbers per token and layer (the
+    latent and the shared rotated key), whatever the number of heads.
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
     tokens = sum(_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers))
-    return _bytes(2 * cfg.kv_heads * cfg.head_size * tokens * batch_size, dtype)
+    return _bytes(cache_width(cfg) * tokens * batch_size, dtype)
+
+
+def cache_width(cfg: ModelConfig) -> int:
+    """Numbers cached per token and layer: 2 * kv_heads * head_size, or kv_latent_dim +
+    rope_head_dim for MLA."""
+    if cfg.attention == "mla":
+        return cfg.kv_latent_dim + cfg.rope_head_dim
+    return 2 * cfg.kv_heads * cfg.head_size
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
@@ -152,17 +224,27 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     their weight count: "attention" (q, k, v, o), "ffn", and "head" (the logits, vocab*d, paid
     even when the head is tied). "attention_scores" is q.k^T plus the weighted sum of values:
     2 * 2 * T * num_heads * head_size per layer, with T = seq_len (min(seq_len, window) on
-    sliding layers) -- the cost of the last token, not halved for the causal mask.
+    sliding layers) -- the cost of the last token, not halved for the causal mask. With MLA the
+    projections are its down- and up-projections (each token's latent expanded once), and the
+    scores cost 2 * T * num_heads * (qk_head_size + value_head_size). An MoE layer counts
+    the matrices a token uses: the router, its experts_per_token experts and the shared ones.
     Embedding lookups, biases, norms, softmax and activations are left out (all O(d), not
     O(d^2)). "forward" is the sum; "training" = 3 * forward (backward costs twice forward).
     """
     _check_positive("seq_len", seq_len)
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
-    matmul_weights_ffn = (3 if cfg.ffn == "glu" else 2) * d * cfg.hidden_dim
+    if cfg.attention == "mla":
+        no_bias = cfg.replace(qkv_bias=False, attn_out_bias=False)
+        attention_weights = _latent_attention_params(no_bias)
+        score_width = cfg.num_heads * (cfg.qk_head_size + cfg.value_head_size)
+    else:
+        attention_weights = 2 * d * q_width + 2 * d * kv_width
+        score_width = 2 * q_width
+    no_ffn_bias = cfg.replace(ffn_bias=False)
     flops = {
-        "attention": 2 * cfg.num_layers * (2 * d * q_width + 2 * d * kv_width),
-        "attention_scores": sum(4 * _tokens_seen(cfg, layer, seq_len) * q_width for layer in range(cfg.num_layers)),
-        "ffn": 2 * cfg.num_layers * matmul_weights_ffn,
+        "attention": 2 * cfg.num_layers * attention_weights,
+        "attention_scores": sum(2 * _tokens_seen(cfg, layer, seq_len) * score_width for layer in range(cfg.num_layers)),
+        "ffn": 2 * sum(_ffn_params(no_ffn_bias, index)[1] for index in range(cfg.num_layers)),
         "head": 2 * d * cfg.vocab_size,
     }
     flops["forward"] = sum(flops.values())

@@ -12,10 +12,22 @@ Names differ between the two worlds, and so do some layouts:
   whose weight is the transpose of `nn.Linear`'s (in_features, out_features). Hub files
   use bare names (`h.0.attn.c_attn.weight`); transformers in memory prefixes `transformer.`.
 - A tied head has no weight of its own; checkpoints may omit `lm_head.weight` or repeat it.
+- Mixture of experts has two layouts. Hub files store every expert on its own:
+  `model.layers.3.mlp.experts.7.gate_proj.weight` (E x (F, d) matrices; Mixtral names them
+  `block_sparse_moe.experts.7.w1/w2/w3` = gate/down/up, and its router `block_sparse_moe.gate`).
+  transformers 5 fuses them when loading: `mlp.experts.gate_up_proj` (E, 2F, d), gate rows
+  first, and `mlp.experts.down_proj` (E, d, F). We keep `gate_proj`, `up_proj`, `down_proj` as
+  3-D tensors (`layers.3.ffn.mlp.experts.gate_proj`), and read both layouts. The router is
+  `mlp.gate.weight` (ours `ffn.mlp.router.weight`); DeepSeek-V3's selection bias is
+  `mlp.gate.e_score_correction_bias` (ours `router.selection_bias`).
+- Multi-head latent attention maps q_a_proj / q_a_layernorm / q_b_proj / kv_a_proj_with_mqa /
+  kv_a_layernorm / kv_b_proj to q_down_proj / q_norm / q_up_proj / kv_down_proj / kv_norm /
+  kv_up_proj. DeepSeek-V3's hub files also hold the multi-token-prediction layer
+  (`model.layers.61.*`), which the main model does not use: it is skipped, as transformers does.
 
     model = from_pretrained("path/to/checkpoint")        # an olm_edu Transformer
     hf_weights = to_hf_state_dict(model)                 # transformers' in-memory names
-    save_pretrained(model, "path/to/folder")             # config.json + model.safetensors
+    save_pretrained(model, "path/to/folder")             # config.json + model.safetensors (hub layout)
 """
 
 from __future__ import annotations
@@ -23,16 +35,20 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from olm_edu.models.build import Transformer
-from olm_edu.models.hf_config import from_hf_config, to_hf_config
+from olm_edu.models.build import MultiTokenPrediction, Transformer
+from olm_edu.models.hf_config import DEEPSEEK_FAMILIES, MOE_FAMILIES, from_hf_config, to_hf_config
 
-__all__ = ["from_pretrained", "to_hf_state_dict", "from_hf_state_dict", "save_pretrained", "CheckpointError"]
+__all__ = [
+    "from_pretrained", "to_hf_state_dict", "from_hf_state_dict", "save_pretrained", "CheckpointError",
+    "mtp_from_hf_state_dict", "mtp_from_pretrained",
+]  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -49,6 +65,21 @@ _LLAMA_NAMES = [
     ("layers.{i}.ffn.mlp.{proj}.{kind}", "model.layers.{i}.mlp.{proj}.{kind}"),
 ]
 _PRE_NORM_FFN = [("layers.{i}.ffn.norm.weight", "model.layers.{i}.post_attention_layernorm.weight")]
+# Mixture of experts (transformers' in-memory names); must precede the generic mlp entry.
+_MOE_NAMES = [
+    ("layers.{i}.ffn.mlp.router.weight", "model.layers.{i}.mlp.gate.weight"),
+    ("layers.{i}.ffn.mlp.router.selection_bias", "model.layers.{i}.mlp.gate.e_score_correction_bias"),
+    ("layers.{i}.ffn.mlp.shared_experts.{proj}.{kind}", "model.layers.{i}.mlp.shared_experts.{proj}.{kind}"),
+    ("layers.{i}.ffn.mlp.experts.down_proj", "model.layers.{i}.mlp.experts.down_proj"),
+]
+# Multi-head latent attention; must precede the generic self_attn entry.
+_MLA_NAMES = [
+    (f"layers.{{i}}.attn.attention.{ours}.{{kind}}", f"model.layers.{{i}}.self_attn.{theirs}.{{kind}}")
+    for ours, theirs in [
+        ("q_down_proj", "q_a_proj"), ("q_norm", "q_a_layernorm"), ("q_up_proj", "q_b_proj"),
+        ("kv_down_proj", "kv_a_proj_with_mqa"), ("kv_norm", "kv_a_layernorm"), ("kv_up_proj", "kv_b_proj"),
+    ]
+]  # fmt: skip
 _SANDWICH_NORMS = [
     ("layers.{i}.attn.post_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
     ("layers.{i}.ffn.norm.weight", "model.layers.{i}.pre_feedforward_layernorm.weight"),
@@ -76,7 +107,14 @@ def _name_table(family: str) -> list[tuple[str, str]]:
         return _LLAMA_NAMES + _SANDWICH_NORMS
     if family in ("llama", "mistral", "qwen2", "qwen3"):
         return _LLAMA_NAMES + _PRE_NORM_FFN
-    raise CheckpointError(f"family={family!r} has no Hugging Face layout; supported: gpt2, llama, mistral, qwen2, qwen3, gemma2")
+    if family in ("mixtral", "qwen3_moe"):
+        return _MOE_NAMES + _LLAMA_NAMES + _PRE_NORM_FFN
+    if family in DEEPSEEK_FAMILIES:
+        return _MLA_NAMES + _MOE_NAMES + _LLAMA_NAMES + _PRE_NORM_FFN
+    raise CheckpointError(
+        f"family={family!r} has no Hugging Face layout; supported: gpt2, llama, mistral, qwen2, qwen3, gemma2, "
+        "mixtral, qwen3_moe, deepseek_v2, deepseek_v3"
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,24 +172,113 @@ def _gpt2_to_hf(ours: dict[str, torch.Tensor], num_layers: int) -> dict[str, tor
     return hf
 
 
+# -- experts: hub files (one tensor per expert) <-> transformers 5 in memory (fused) ------------
+
+_HUB_EXPERT = re.compile(
+    r"^(?P<layer>model\.layers\.\d+)\.mlp\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$"
+)
+_MIXTRAL_PROJ = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # Mixtral's hub names
+
+
+def _fuse_hub_experts(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-expert hub tensors -> mlp.experts.gate_up_proj (E, 2F, d) and down_proj (E, d, F)."""
+    out: dict[str, torch.Tensor] = {}
+    found: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    for name, tensor in weights.items():
+        match = _HUB_EXPERT.match(name)
+        if match is None:
+            out[name] = tensor
+            continue
+        proj = _MIXTRAL_PROJ.get(match["proj"], match["proj"])
+        found[match["layer"], proj][int(match["expert"])] = tensor
+    stacked = {}
+    for (layer, proj), experts in found.items():
+        missing = sorted(set(range(max(experts) + 1)) - set(experts))
+        if missing:
+            raise CheckpointError(f"{layer}.mlp.experts: {proj} of expert(s) {missing} missing from the checkpoint")
+        stacked[layer, proj] = torch.stack([experts[index] for index in range(len(experts))])
+    for layer in sorted({layer for layer, _ in stacked}):
+        gate, up, down = (stacked.pop((layer, proj), None) for proj in ("gate_proj", "up_proj", "down_proj"))
+        if gate is None or up is None or down is None:
+            raise CheckpointError(f"{layer}.mlp.experts: the checkpoint lacks gate_proj, up_proj or down_proj")
+        out[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], dim=1)
+        out[f"{layer}.mlp.experts.down_proj"] = down
+    return out
+
+
+def _split_to_hub_experts(weights: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """The inverse of `_fuse_hub_experts`: one tensor per expert, named as the family's hub files."""
+    out = {}
+    mixtral = family == "mixtral"
+    hub_proj = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"} if mixtral else {}
+    for name, tensor in weights.items():
+        if name.endswith(".mlp.experts.gate_up_proj"):
+            parts = dict(zip(("gate_proj", "up_proj"), tensor.chunk(2, dim=1)))
+        elif name.endswith(".mlp.experts.down_proj"):
+            parts = {"down_proj": tensor}
+        else:
+            out[name] = tensor
+            continue
+        prefix = name.rsplit(".", 1)[0]  # model.layers.3.mlp.experts
+        for proj, stacked in parts.items():
+            for expert, matrix in enumerate(stacked):
+                out[f"{prefix}.{expert}.{hub_proj.get(proj, proj)}.weight"] = matrix.contiguous()
+    if mixtral:  # Mixtral's files call the MoE block block_sparse_moe
+        out = {name.replace(".mlp.", ".block_sparse_moe."): tensor for name, tensor in out.items()}
+    return out
+
+
 # -- state dicts both ways ----------------------------------------------------------------------
 
-def _normalise_hf_names(weights: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """Drop non-weight buffers and give hub names the in-memory prefix transformers uses."""
+def _normalise_hf_names(weights: dict[str, torch.Tensor], family: str, num_layers: int) -> dict[str, torch.Tensor]:
+    """Drop non-weight buffers (and DeepSeek-V3's multi-token-prediction layers), give hub names
+    the in-memory prefix and layout transformers uses."""
     out = {}
     for name, tensor in weights.items():
         if _IGNORED.search(name):
             continue
         if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
             name = "transformer." + name  # the original GPT-2 files use bare names: h.0.ln_1.weight
+        if family == "mixtral":
+            name = name.replace(".block_sparse_moe.", ".mlp.")
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        if family == "deepseek_v3" and layer and int(layer[1]) >= num_layers:
+            continue  # the MTP module (model.layers.61 in DeepSeek-V3's files), not part of the main model
+        if ".shared_experts." in name and tensor.numel() == 0:
+            continue  # transformers builds 0-wide shared experts when n_shared_experts = 0
         out[name] = tensor
+    return _fuse_hub_experts(out) if family in MOE_FAMILIES else out
+
+
+def _from_fused(name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """transformers' gate_up_proj (E, 2F, d) -> our gate_proj and up_proj (E, F, d) each."""
+    match = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.gate_up_proj$", name)
+    if match is None:
+        yield name, tensor
+        return
+    gate, up = tensor.chunk(2, dim=1)
+    yield f"layers.{match[1]}.ffn.mlp.experts.gate_proj", gate
+    yield f"layers.{match[1]}.ffn.mlp.experts.up_proj", up
+
+
+def _to_fused(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our gate_proj and up_proj (E, F, d) -> transformers' gate_up_proj (E, 2F, d), gate first."""
+    out = {}
+    for name, tensor in ours.items():
+        match = re.match(r"layers\.(\d+)\.ffn\.mlp\.experts\.(gate_proj|up_proj)$", name)
+        if match is None:
+            out[name] = tensor
+        elif match[2] == "gate_proj":
+            out[f"model.layers.{match[1]}.mlp.experts.gate_up_proj"] = torch.cat(
+                [tensor, ours[f"layers.{match[1]}.ffn.mlp.experts.up_proj"]], dim=1
+            )
     return out
 
 
 def from_hf_state_dict(model: Transformer, weights: dict[str, torch.Tensor]) -> None:
     """Load transformers-named weights into `model` (strict: every weight present, none left over)."""
     cfg = model.config
-    weights = _normalise_hf_names(weights, cfg.family)
+    weights = _normalise_hf_names(weights, cfg.family, cfg.num_layers)
     if cfg.tie_embeddings and "lm_head.weight" in weights:
         embed_name = "transformer.wte.weight" if cfg.family == "gpt2" else "model.embed_tokens.weight"
         head = weights.pop("lm_head.weight")
@@ -161,7 +288,11 @@ def from_hf_state_dict(model: Transformer, weights: dict[str, torch.Tensor]) -> 
         converted = dict(_gpt2_to_ours(weights, cfg.num_layers))
     else:
         table = _name_table(cfg.family)
-        converted = {(_rename(name, table, to_hf=False) or name): tensor for name, tensor in weights.items()}
+        converted = {
+            (_rename(name, table, to_hf=False) or name): part
+            for fused_name, fused in weights.items()
+            for name, part in _from_fused(fused_name, fused)
+        }
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -176,14 +307,25 @@ def from_hf_state_dict(model: Transformer, weights: dict[str, torch.Tensor]) -> 
     model.load_state_dict(converted, strict=True)
 
 
-def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' in-memory names and layouts (tied head omitted)."""
+def to_hf_state_dict(model: Transformer, layout: str = "memory") -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' names (tied head omitted).
+
+    layout="memory": transformers 5's in-memory names and layouts (fused experts, as
+    `model.state_dict()` of the transformers model); "hub": the layout of published checkpoint
+    files (one tensor per expert; Mixtral's block_sparse_moe / w1 w2 w3). They differ only for
+    mixture-of-experts families.
+    """
+    if layout not in ("memory", "hub"):
+        raise ValueError(f"layout={layout!r} is not one of ('memory', 'hub')")
     cfg = model.config
     ours = model.state_dict()
     if cfg.family == "gpt2":
         return _gpt2_to_hf(ours, cfg.num_layers)
     table = _name_table(cfg.family)
-    return {_rename(name, table, to_hf=True): tensor for name, tensor in ours.items()}
+    memory = {_rename(name, table, to_hf=True) or name: tensor for name, tensor in _to_fused(ours).items()}
+    if layout == "hub" and cfg.family in MOE_FAMILIES:
+        return _split_to_hub_experts(memory, cfg.family)
+    return memory
 
 
 # -- folders ---------------------------------------------------------------------------------
@@ -223,12 +365,62 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
 
 
 def save_pretrained(model: Transformer, path: str | Path) -> None:
-    """Write config.json and model.safetensors that transformers can load."""
+    """Write config.json and model.safetensors that transformers can load (hub layout: one
+    tensor per expert, as published checkpoints and transformers' own save_pretrained)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2), encoding="utf-8")
-    weights = {name: tensor.contiguous() for name, tensor in to_hf_state_dict(model).items()}
+    weights = {name: tensor.contiguous() for name, tensor in to_hf_state_dict(model, layout="hub").items()}
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+# -- DeepSeek-V3's multi-token-prediction module -------------------------------------------------
+
+_MTP_OWN = {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
+            "shared_head.norm.weight": "post_norm.weight"}  # fmt: skip
+_MTP_SHARED = ("embed_tokens.weight", "shared_head.head.weight")  # copies of the main model's
+
+
+def mtp_from_hf_state_dict(mtp: MultiTokenPrediction, weights: dict[str, torch.Tensor], layer: int) -> None:
+    """Load an MTP module from DeepSeek-V3's hub tensors `model.layers.{layer}.*` (layer =
+    num_hidden_layers + depth: 61 for V3): enorm, hnorm, eh_proj, shared_head.norm, and a decoder
+    layer named like the main model's. Its embed_tokens and shared_head.head repeat the main
+    model's embedding and head, which the module borrows, and are skipped. Strict, like
+    `from_hf_state_dict`."""
+    prefix = f"model.layers.{layer}."
+    converted, decoder = {}, {}
+    for name, tensor in weights.items():
+        if not name.startswith(prefix) or name[len(prefix) :] in _MTP_SHARED:
+            continue
+        rest = name[len(prefix) :]
+        if rest in _MTP_OWN:
+            converted[_MTP_OWN[rest]] = tensor
+        else:
+            decoder[f"model.layers.0.{rest}"] = tensor  # the decoder layer, renamed as the main model's layer 0
+    table = _name_table("deepseek_v3")
+    for fused_name, fused in _fuse_hub_experts(decoder).items():
+        for name, part in _from_fused(fused_name, fused):
+            ours = _rename(name, table, to_hf=False) or name
+            converted["layer." + ours.removeprefix("layers.0.")] = part
+    expected = mtp.state_dict()
+    missing, unexpected = sorted(set(expected) - set(converted)), sorted(set(converted) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{prefix}* does not fit the MTP module: missing {_few(missing)}; unexpected {_few(unexpected)}")
+    mtp.load_state_dict(converted, strict=True)
+
+
+def mtp_from_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32) -> torch.nn.ModuleList:
+    """The cfg.mtp_layers multi-token-prediction modules of a DeepSeek-V3 checkpoint folder
+    (empty when its config has none). Use them with the main model from `from_pretrained`."""
+    folder = Path(path)
+    cfg = from_hf_config(folder / "config.json")
+    weights = _read_weights(folder)
+    modules = torch.nn.ModuleList()
+    for depth in range(cfg.mtp_layers):
+        mtp = MultiTokenPrediction(cfg, depth).to(dtype)
+        mtp_from_hf_state_dict(mtp, weights, cfg.num_layers + depth)
+        modules.append(mtp.eval())
+    return modules
 
 
 def _few(names: list[str], limit: int = 6) -> str:

@@ -18,7 +18,10 @@ def test_components_sum_to_the_total_and_embedding_plus_rest_is_the_total(name):
     count = count_params(preset(name))
     assert sum(count.by_component.values()) == count.total
     assert count.embedding + count.non_embedding == count.total
-    assert count.active == count.total  # dense: every parameter is used for every token
+    if preset(name).num_experts == 0:
+        assert count.active == count.total  # dense: every parameter is used for every token
+    else:
+        assert count.active < count.total  # a token skips the experts it does not choose
     assert set(count.by_component) == {"embeddings", "positions", "attention", "ffn", "norms", "head"}
 
 
@@ -172,3 +175,28 @@ def test_sliding_layers_stop_the_attention_flops_growing_past_the_window():
     assert far_beyond["attention_scores"] == at_window["attention_scores"]
     llama = preset("Llama-3.1-8B")
     assert flops_per_token(llama, 32_768)["attention_scores"] == 8 * flops_per_token(llama, 4096)["attention_scores"]
+
+
+# -- mixture of experts and latent attention --------------------------------------------------
+
+
+def test_mixtral_active_parameters_are_the_shared_part_plus_two_experts_a_layer():
+    mixtral = preset("Mixtral-8x7B-v0.1")
+    count = count_params(mixtral)
+    expert = 3 * 4096 * 14336
+    assert count.total - count.active == 32 * (8 - 2) * expert  # each layer skips six experts
+    assert count.by_component["ffn"] == 32 * (8 * expert + 8 * 4096)  # experts and the router
+
+
+def test_moe_ffn_flops_count_the_experts_a_token_uses():
+    mixtral = preset("Mixtral-8x7B-v0.1")
+    router_and_two_experts = 8 * 4096 + 2 * 3 * 4096 * 14336
+    assert flops_per_token(mixtral, 1)["ffn"] == 2 * 32 * router_and_two_experts
+    dense = mixtral.replace(num_experts=0, experts_per_token=None)
+    assert flops_per_token(dense, 1)["ffn"] == 2 * 32 * 3 * 4096 * 14336
+
+
+def test_latent_attention_scores_read_the_qk_and_value_widths():
+    v3 = preset("DeepSeek-V3")
+    scores = flops_per_token(v3, 1000)["attention_scores"]
+    assert scores == 61 * 2 * 1000 * 128 * (192 + 128)

@@ -24,7 +24,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "configs"
 NAMES = list(PRESETS)
 
 # Parameter counts of the published checkpoints (the totals the Hugging Face hub reports from
-# their safetensors files; GPT-2's 124,439,808 is also nanoGPT's count).
+# their safetensors files; GPT-2's 124,439,808 is also nanoGPT's count). DeepSeek-V3's is the
+# main model (the "671B"): its hub files add the multi-token-prediction module and FP8 scales.
 PUBLISHED_TOTALS = {
     "gpt2": 124_439_808,
     "gpt2-medium": 354_823_168,
@@ -40,6 +41,10 @@ PUBLISHED_TOTALS = {
     "Qwen2.5-72B": 72_706_203_648,
     "Qwen3-0.6B": 596_049_920,
     "gemma-2-9b": 9_241_705_984,
+    "Mixtral-8x7B-v0.1": 46_702_792_704,
+    "Qwen3-30B-A3B": 30_532_122_624,
+    "DeepSeek-V2-Lite": 15_706_484_224,
+    "DeepSeek-V3": 671_026_404_352,
 }
 
 # transformers config fields that do not change the architecture
@@ -47,6 +52,8 @@ NOT_ARCHITECTURE = {
     "transformers_version", "dtype", "bos_token_id", "eos_token_id", "pad_token_id",
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "use_cache",
 }  # fmt: skip
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+DEEPSEEK_FAMILIES = ("deepseek_v2", "deepseek_v3")
 
 
 def published(name: str) -> dict:
@@ -73,13 +80,15 @@ def architecture_fields(config) -> dict:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     if values.get("n_inner", 0) is None:  # GPT-2: None means 4 * n_embd
         values["n_inner"] = 4 * values["n_embd"]
+    if isinstance(values.get("rope_parameters"), dict):  # "type" is the old spelling of rope_type
+        values["rope_parameters"] = {k: v for k, v in values["rope_parameters"].items() if k != "type"}
     return {k: v for k, v in values.items() if k not in NOT_ARCHITECTURE}
 
 
 # -- presets ------------------------------------------------------------------------------
 
 
-def test_presets_are_the_fourteen_published_models_each_with_its_config_json():
+def test_presets_are_the_eighteen_published_models_each_with_its_config_json():
     assert set(PRESETS) == set(PUBLISHED_TOTALS)
     for name in NAMES:
         assert (CONFIG_DIR / f"{name}.json").is_file(), f"missing olm_edu/models/configs/{name}.json"
@@ -116,6 +125,38 @@ def test_preset_has_the_published_parameter_count(name):
     assert count_params(preset(name)).total == PUBLISHED_TOTALS[name]
 
 
+# Published (total, active) in billions, as the model cards give them (rounded to the nearest
+# or down: Qwen's 3.35B is "3.3B"). Mistral and Qwen count the input embedding in "active";
+# DeepSeek does not (V3's README: 36.6B activated, the "37B"). Each count is within 0.06B of
+# the card only under its publisher's convention.
+PUBLISHED_BILLIONS = {
+    "Mixtral-8x7B-v0.1": (46.7, 12.9),
+    "Qwen3-30B-A3B": (30.5, 3.3),
+    "DeepSeek-V2-Lite": (15.7, 2.4),
+    "DeepSeek-V3": (671, 36.6),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_BILLIONS))
+def test_moe_presets_have_the_published_total_and_active_counts(name):
+    total, active = PUBLISHED_BILLIONS[name]
+    count = count_params(preset(name))
+    assert round(count.total / 1e9, 1 if total < 100 else 0) == total
+    publishers, other = count.active / 1e9, count.active_without_input_embedding / 1e9
+    if name.startswith("DeepSeek"):  # DeepSeek leaves the input embedding out of "activated"
+        publishers, other = other, publishers
+    assert abs(publishers - active) < 0.06 < abs(other - active)
+    assert count.active < count.total
+
+
+def test_deepseek_v3_mtp_module_is_counted_apart_from_the_671b():
+    count = count_params(preset("DeepSeek-V3"))
+    # DeepSeek's README: 11.5B unique MTP parameters besides the shared embedding and head
+    # (one MoE layer, 11.5B, plus the 0.1B eh_proj that joins embedding and hidden state).
+    assert 11.5e9 < count.mtp < 11.7e9
+    assert preset("DeepSeek-V3").mtp_layers == 1 and count_params(preset("DeepSeek-V2-Lite")).mtp == 0
+
+
 def test_presets_carry_the_subtle_published_facts():
     llama_1b = preset("Llama-3.2-1B")
     assert llama_1b.tie_embeddings and llama_1b.rope_scaling["rope_type"] == "llama3"
@@ -136,6 +177,21 @@ def test_presets_carry_the_subtle_published_facts():
     assert (gemma.norm, gemma.norm_placement, gemma.scale_embeddings) == ("rmsnorm_gemma", "sandwich", True)
     assert [gemma.layer_type(i) for i in range(4)] == ["sliding_attention", "full_attention"] * 2
     assert preset("gpt2").activation == "gelu_tanh" and preset("gpt2").hidden_dim == 4 * 768
+    mixtral = preset("Mixtral-8x7B-v0.1")
+    assert (mixtral.num_experts, mixtral.experts_per_token, mixtral.router_renormalize) == (8, 2, True)
+    assert mixtral.expert_width == mixtral.hidden_dim == 14336 and mixtral.load_balance_coef == 0.02
+    qwen = preset("Qwen3-30B-A3B")
+    assert (qwen.num_experts, qwen.experts_per_token, qwen.expert_hidden_dim, qwen.first_dense_layers) == (128, 8, 768, 0)
+    assert qwen.qk_norm and qwen.router_renormalize and qwen.head_size == 128
+    lite = preset("DeepSeek-V2-Lite")
+    assert (lite.attention, lite.q_latent_dim, lite.kv_latent_dim, lite.rope_head_dim) == ("mla", None, 512, 64)
+    assert (lite.num_shared_experts, lite.first_dense_layers, lite.router_renormalize) == (2, 1, False)
+    assert lite.rope_layout == "interleaved" and lite.rope_scaling["mscale_all_dim"] == 0.707
+    v3 = preset("DeepSeek-V3")
+    assert (v3.q_latent_dim, v3.head_size, v3.value_head_size, v3.qk_head_size) == (1536, 128, 128, 192)
+    assert (v3.router_scoring, v3.router_selection_bias, v3.router_group_score) == ("sigmoid", True, "top2_sum")
+    assert (v3.expert_groups, v3.groups_per_token, v3.routed_scaling_factor) == (8, 4, 2.5)
+    assert (v3.num_experts, v3.experts_per_token, v3.num_shared_experts, v3.first_dense_layers) == (256, 8, 1, 3)
 
 
 # -- from_hf_config -----------------------------------------------------------------------
@@ -186,9 +242,18 @@ MINIMAL = {
             "num_attention_heads": 4,
             "num_key_value_heads": 2,  # Mistral's and Qwen's defaults (8, 32) need more heads
         }
-        for family in ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+        for family in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "mixtral", "qwen3_moe")
     },
-}
+    # latent attention gives every head its keys and values; V2 has no default top-k
+    "deepseek_v2": {
+        "vocab_size": 96, "hidden_size": 64, "intermediate_size": 80, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "num_experts_per_tok": 2,
+    },
+    "deepseek_v3": {
+        "vocab_size": 96, "hidden_size": 64, "intermediate_size": 80, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 4,
+    },
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
@@ -256,9 +321,26 @@ TINY_CONFIGS = {
         sliding_window=8,
         layer_types=("full_attention", "sliding_attention", "sliding_attention", "full_attention"),
     ),
-}
+    "mixtral": dict(num_experts=4, experts_per_token=2, head_dim=24, sliding_window=8, load_balance_coef=0.01),
+    "qwen3_moe": dict(
+        num_experts=8, experts_per_token=3, expert_hidden_dim=16, first_dense_layers=1, router_renormalize=True,
+        qkv_bias=True, attn_out_bias=True, sliding_window=8, num_kv_heads=1,
+    ),
+    "deepseek_v2": dict(
+        q_latent_dim=None, kv_latent_dim=16, rope_head_dim=8, head_dim=12, value_head_dim=10, num_experts=8,
+        experts_per_token=3, expert_hidden_dim=16, num_shared_experts=2, first_dense_layers=1, expert_groups=4,
+        groups_per_token=2, routed_scaling_factor=2.0, ffn_bias=True, qkv_bias=True, attn_out_bias=True,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "mscale_all_dim": 0.8},
+    ),
+    "deepseek_v3": dict(
+        q_latent_dim=24, kv_latent_dim=16, rope_head_dim=8, head_dim=12, num_experts=8, experts_per_token=2,
+        expert_hidden_dim=16, num_shared_experts=0, first_dense_layers=2, expert_groups=2, groups_per_token=1,
+        router_renormalize=False, rope_layout="half", mtp_layers=2, tie_embeddings=True,
+    ),
+}  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # transformers' 0 shared experts
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
 def test_tiny_configs_with_features_switched_on_round_trip_and_count_like_transformers(family):
     cfg = tiny(family, **TINY_CONFIGS[family])
@@ -266,8 +348,10 @@ def test_tiny_configs_with_features_switched_on_round_trip_and_count_like_transf
     assert from_hf_config(config_json) == cfg
     assert count_params(cfg).total == unique_param_count(meta_model(config_json))
     hf = transformers_config(config_json)
-    if family != "gpt2":
-        assert getattr(hf, "head_dim", cfg.embed_dim // cfg.num_heads) == cfg.head_size
+    if family in DEEPSEEK_FAMILIES:  # their head_dim attribute holds the RoPE width
+        assert (hf.qk_nope_head_dim, hf.qk_rope_head_dim) == (cfg.head_size, cfg.rope_head_dim)
+    elif family != "gpt2":
+        assert (getattr(hf, "head_dim", None) or cfg.embed_dim // cfg.num_heads) == cfg.head_size
     if family in ("qwen2", "qwen3", "gemma2"):  # the families with per-layer attention types
         assert hf.layer_types == [cfg.layer_type(i) for i in range(cfg.num_layers)]
 
@@ -285,6 +369,14 @@ def test_tiny_configs_with_features_switched_on_round_trip_and_count_like_transf
         ("gpt2", dict(num_kv_heads=2), "num_kv_heads"),
         ("gpt2", dict(norm="rmsnorm", norm_bias=False), "norm"),
         ("llama", dict(query_pre_attn_scalar=8.0), "query_pre_attn_scalar"),
+        ("llama", dict(num_experts=4, experts_per_token=2), "num_experts"),
+        ("mixtral", dict(num_shared_experts=1), "num_shared_experts"),
+        ("mixtral", dict(router_renormalize=False), "router_renormalize"),
+        ("qwen3_moe", dict(router_scoring="sigmoid"), "router_scoring"),
+        ("deepseek_v2", dict(router_selection_bias=True), "router_selection_bias"),
+        ("deepseek_v2", dict(rope_layout="half"), "rope_layout"),
+        ("deepseek_v3", dict(router_group_score="max"), "router_group_score"),
+        ("deepseek_v3", dict(attention="standard", kv_latent_dim=None, rope_head_dim=None, q_latent_dim=None), "attention"),
     ],
 )
 def test_to_hf_config_names_a_knob_the_family_cannot_express(family, knobs, knob):

@@ -10,7 +10,17 @@
       head         logits, tied to `embed` or not, optionally soft-capped
 
 (post-norm puts the norm after each residual add instead, and has no final norm.)
-Parameter names come out readable: `layers.3.attn.attention.q_proj.weight`.
+`attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), and `mlp` is an `MoE`
+(router + experts) on the layers where cfg.is_moe_layer(index) (all but the first
+first_dense_layers when num_experts > 0). Parameter names come out readable:
+`layers.3.attn.attention.q_proj.weight`, `layers.3.ffn.mlp.experts.gate_proj`.
+
+Mixture-of-experts models report auxiliary losses for the training loop:
+
+    logits = model(inputs)
+    loss = next_token_loss(logits, targets) + model.aux_loss()   # 0 for dense models
+    loss.backward(); optimizer.step()
+    model.update_router_biases()                                  # DeepSeek-V3's aux-loss-free balance
 
 Shapes: token ids (B, T) -> logits (B, T, vocab_size)
 """
@@ -28,17 +38,42 @@ from olm_edu.nn.blocks import Block, Context, Repeat, Residual
 from olm_edu.nn.cache import KVCache
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 from olm_edu.nn.head import OutputHead
+from olm_edu.nn.mla import LatentAttention
+from olm_edu.nn.moe import MOE_IMPLEMENTATIONS, MoE, Router
 from olm_edu.nn.norms import make_norm
 from olm_edu.nn.positions import LearnedPositions, SinusoidalPositions
 
-__all__ = ["Transformer", "build", "init_weights", "set_attention_implementation"]
+__all__ = [
+    "Transformer", "MultiTokenPrediction", "build", "init_weights", "set_attention_implementation",
+    "set_moe_implementation", "set_mla_mode",
+]  # fmt: skip
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
     return make_norm(cfg.norm, cfg.embed_dim, cfg.norm_eps, bias=cfg.norm_bias)
 
 
-def _attention(cfg: ModelConfig, index: int) -> Attention:
+def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
+    if cfg.attention == "mla":
+        return LatentAttention(
+            cfg.embed_dim,
+            cfg.num_heads,
+            kv_latent_dim=cfg.kv_latent_dim,
+            rope_head_dim=cfg.rope_head_dim,
+            head_dim=cfg.head_size,
+            q_latent_dim=cfg.q_latent_dim,
+            value_head_dim=cfg.value_head_size,
+            bias=cfg.qkv_bias,
+            out_bias=cfg.attn_out_bias,
+            causal=cfg.causal,
+            rope_theta=cfg.rope_theta,
+            rope_scaling=cfg.rope_scaling,
+            rope_layout=cfg.rope_layout,
+            max_seq_len=cfg.max_seq_len,
+            latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
+            dropout=cfg.dropout,
+            layer_index=index,
+        )
     sliding = cfg.layer_type(index) == "sliding_attention"
     return Attention(
         cfg.embed_dim,
@@ -64,7 +99,25 @@ def _attention(cfg: ModelConfig, index: int) -> Attention:
     )
 
 
-def _ffn(cfg: ModelConfig) -> nn.Module:
+def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
+    if cfg.is_moe_layer(index):
+        return MoE(
+            cfg.embed_dim,
+            cfg.num_experts,
+            cfg.experts_per_token,
+            cfg.expert_width,
+            num_shared_experts=cfg.num_shared_experts,
+            activation=cfg.activation,
+            gated=cfg.ffn == "glu",
+            shared_bias=cfg.ffn_bias,
+            scoring=cfg.router_scoring,
+            renormalize=cfg.router_renormalize,
+            num_groups=cfg.expert_groups,
+            groups_per_token=cfg.groups_per_token,
+            group_score=cfg.router_group_score,
+            selection_bias=cfg.router_selection_bias,
+            scaling_factor=cfg.routed_scaling_factor,
+        )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
 
@@ -76,7 +129,7 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
         return Block(
             attn=Residual(attention=_attention(cfg, index), dropout=dropout()),
             attn_norm=_norm(cfg),
-            ffn=Residual(mlp=_ffn(cfg), dropout=dropout()),
+            ffn=Residual(mlp=_ffn(cfg, index), dropout=dropout()),
             ffn_norm=_norm(cfg),
         )
     sandwich = cfg.norm_placement == "sandwich"
@@ -84,7 +137,7 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
         attn=Residual(
             norm=_norm(cfg), attention=_attention(cfg, index), post_norm=_norm(cfg) if sandwich else None, dropout=dropout()
         ),
-        ffn=Residual(norm=_norm(cfg), mlp=_ffn(cfg), post_norm=_norm(cfg) if sandwich else None, dropout=dropout()),
+        ffn=Residual(norm=_norm(cfg), mlp=_ffn(cfg, index), post_norm=_norm(cfg) if sandwich else None, dropout=dropout()),
     )
 
 
@@ -121,6 +174,11 @@ class Transformer(nn.Module):
         With a `cache`, `ids` continue the tokens the cache has seen: their positions start
         at `cache.seen_tokens`, and the cache is extended in place.
         """
+        return self.head(self.hidden_states(ids, cache))
+
+    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> the last layer's output after the final norm (B, T, embed_dim):
+        what the head turns into logits (and what a `MultiTokenPrediction` module reads)."""
         self._check_ids(ids)
         start = cache.seen_tokens if cache is not None else 0
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
@@ -133,9 +191,7 @@ class Transformer(nn.Module):
         h = self.layers(h, Context(positions, cache))
         if cache is not None:
             cache.seen_tokens = start + ids.shape[1]
-        if self.norm is not None:
-            h = self.norm(h)
-        return self.head(h)
+        return h if self.norm is None else self.norm(h)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
@@ -149,6 +205,85 @@ class Transformer(nn.Module):
         """Parameters held (a tied head counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    # -- mixture of experts: what the routers did, and the losses that balance them -------------
+    def moe_layers(self) -> list[MoE]:
+        """The MoE feed-forwards, first layer first (empty for a dense model)."""
+        return [module for module in self.modules() if isinstance(module, MoE)]
+
+    def aux_loss(self) -> torch.Tensor:
+        """The auxiliary loss the training loop adds to the language-modelling loss.
+
+        load_balance_coef * mean over MoE layers of the Switch load-balancing loss
+        + router_z_loss_coef * mean over MoE layers of the router z-loss,
+        both read from what each layer's router did in the last forward (so call it after the
+        forward, before the next one). A 0-d tensor; exactly 0 for a dense model or when both
+        coefficients are 0. Averaging over layers keeps a coefficient meaning the same at any depth.
+        """
+        cfg, layers = self.config, self.moe_layers()
+        loss = self.embed.weight.new_zeros(())
+        if not layers:
+            return loss
+        if cfg.load_balance_coef:
+            loss = loss + cfg.load_balance_coef * torch.stack([m.load_balancing_loss() for m in layers]).mean()
+        if cfg.router_z_loss_coef:
+            loss = loss + cfg.router_z_loss_coef * torch.stack([m.z_loss() for m in layers]).mean()
+        return loss
+
+    def update_router_biases(self, rate: float | None = None) -> None:
+        """DeepSeek-V3's aux-loss-free balance, once per optimiser step: every router with a
+        selection bias moves it by rate * sign(mean load - load) over the tokens routed (in
+        training mode) since the previous update. rate defaults to cfg.router_bias_update_rate;
+        a no-op for routers without selection bias or when the rate is 0."""
+        rate = self.config.router_bias_update_rate if rate is None else rate
+        for layer in self.moe_layers():
+            if layer.router.selection_bias is not None and rate:
+                layer.update_bias(rate)
+
+    def expert_load(self) -> torch.Tensor:
+        """(MoE layers, num_experts): the fraction of each layer's routed choices that each expert
+        received in the last forward (rows sum to 1); for expert-utilisation plots."""
+        layers = self.moe_layers()
+        if not layers:
+            raise ValueError("expert_load needs a mixture-of-experts model (num_experts > 0)")
+        return torch.stack([layer.expert_load() for layer in layers])
+
+
+class MultiTokenPrediction(nn.Module):
+    """DeepSeek-V3's multi-token-prediction (MTP) module, one depth: it predicts the token after next.
+
+    Given the main model's final hidden state h_i at position i (after the final norm, as
+    transformers passes it) and the embedding of the next token t_{i+1}:
+
+        h'_i = eh_proj([enorm(embed(t_{i+1})), hnorm(h_i)])      (2 d -> d)
+        h''  = one transformer layer (with MoE, as the main model's) over h'
+        logits = head(norm(h''))                                  predicts t_{i+2}
+
+    It shares the embedding and output head with the main model (`model` is passed in) and is
+    not part of it: DeepSeek-V3's 671B excludes it; it densifies the training signal and can
+    draft tokens for speculative decoding. Parameter names follow transformers' MtpLayer
+    (enorm, hnorm, eh_proj, post_norm), the layer under `layer`.
+
+    Shapes: hidden (B, T, d), next_ids (B, T) -> logits (B, T, vocab_size)
+    """
+
+    def __init__(self, cfg: ModelConfig, depth: int = 0):
+        super().__init__()
+        mtp_cfg = cfg.replace(first_dense_layers=0)  # an MTP layer always has the experts
+        self.enorm, self.hnorm = _norm(cfg), _norm(cfg)
+        self.eh_proj = nn.Linear(2 * cfg.embed_dim, cfg.embed_dim, bias=False)
+        self.layer = _layer(mtp_cfg, depth)
+        self.post_norm = _norm(cfg)
+
+    def forward(
+        self, hidden: torch.Tensor, next_ids: torch.Tensor, model: Transformer, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        embedded = model.embed(next_ids)  # (B, T, d)
+        h = self.eh_proj(torch.cat([self.enorm(embedded), self.hnorm(hidden)], dim=-1))
+        if positions is None:
+            positions = torch.arange(next_ids.shape[1], device=next_ids.device)
+        h = self.layer(h, Context(positions))
+        return model.head(self.post_norm(h))
+
 
 def init_weights(model: Transformer) -> Transformer:
     """GPT-2's initialisation: N(0, init_std) for matrices and embeddings, zero biases, norms
@@ -157,7 +292,16 @@ def init_weights(model: Transformer) -> Transformer:
     cfg = model.config
     residual_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, Router):
+            nn.init.normal_(module.weight, 0.0, cfg.init_std)
+            if module.selection_bias is not None:
+                nn.init.zeros_(module.selection_bias)
+        elif isinstance(module, MoE):  # the experts' 3-D weights; down_proj writes into the stream
+            for weight_name in ("gate_proj", "up_proj", "down_proj"):
+                weight = getattr(module.experts, weight_name)
+                if weight is not None:
+                    nn.init.normal_(weight, 0.0, residual_std if weight_name == "down_proj" else cfg.init_std)
+        elif isinstance(module, nn.Linear):
             std = residual_std if name.endswith(("o_proj", "down_proj")) else cfg.init_std
             nn.init.normal_(module.weight, 0.0, std)
             if module.bias is not None:
@@ -186,10 +330,29 @@ def build(cfg: ModelConfig, *, implementation: str = "sdpa") -> Transformer:
 
 
 def set_attention_implementation(model: nn.Module, implementation: str) -> nn.Module:
-    """Switch every attention layer to "explicit" or "sdpa"."""
+    """Switch every attention layer (standard or latent) to "explicit" or "sdpa"."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
     for module in model.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, (Attention, LatentAttention)):
             module.implementation = implementation
+    return model
+
+
+def set_moe_implementation(model: nn.Module, implementation: str) -> nn.Module:
+    """Run every MoE layer's experts one by one ("loop") or all at once ("batched")."""
+    if implementation not in MOE_IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not one of {MOE_IMPLEMENTATIONS}")
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.implementation = implementation
+    return model
+
+
+def set_mla_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Compute every latent-attention layer "naive" (expand the cached latents), "absorbed"
+    (attend over the latents) or "expanded" (cache expanded keys and values); see olm_edu.nn.mla."""
+    for module in model.modules():
+        if isinstance(module, LatentAttention):
+            module.mode = mode  # validated by the setter
     return model

@@ -21,7 +21,13 @@ ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LAYER_TYPES = ("full_attention", "sliding_attention")
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "custom")
+ATTENTIONS = ("standard", "mla")
+ROUTER_SCORINGS = ("softmax", "sigmoid")
+ROUTER_GROUP_SCORES = ("max", "top2_sum")
+FAMILIES = (
+    "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
+    "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3", "custom",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,38 @@ class ModelConfig:
         RoPE), attn_logit_softcap, query_pre_attn_scalar (scale = its -1/2 power; None:
         head_dim), sliding_window, layer_types (per layer "full_attention" or
         "sliding_attention"; None: all sliding if sliding_window else all full), causal.
+    Multi-head latent attention (DeepSeek-V2/V3; see olm_edu.nn.mla)
+        attention: "standard" (MHA/GQA/MQA, the knobs above) or "mla". With "mla", keys and
+        values come out of a latent of kv_latent_dim per token (kv_lora_rank), queries out of
+        a latent of q_latent_dim (q_lora_rank; None: straight from the input, as V2-Lite);
+        each head's query and key are head_dim "content" dimensions (qk_nope_head_dim) plus
+        rope_head_dim rotated ones (qk_rope_head_dim; the rotated key is one vector shared by
+        all heads); values are value_head_dim wide (v_head_dim; None: head_dim). qkv_bias
+        puts biases on the two down-projections (transformers' attention_bias).
+    Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
+        num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
+        expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
+        experts, fused into one feed-forward num_shared_experts * expert_hidden_dim wide),
+        first_dense_layers (that many leading layers keep a dense feed-forward of hidden_dim).
+        The router: router_scoring "softmax" (Mixtral, Qwen, DeepSeek-V2) or "sigmoid"
+        (DeepSeek-V3); router_renormalize (divide the chosen weights by their sum);
+        expert_groups / groups_per_token (group-limited routing: the experts form expert_groups
+        groups and a token chooses only within its best groups_per_token, a group scored by
+        router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
+        a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
+        balance); routed_scaling_factor (multiplies the routed experts' weights).
+    Multi-token prediction
+        mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
+        They are not part of the main model (see `MultiTokenPrediction`).
     Embeddings and output
         tie_embeddings, scale_embeddings (multiply by sqrt(embed_dim), Gemma), lm_head_bias,
         final_logit_softcap.
     Training
-        dropout, init_std.
+        dropout, init_std; the balancing of MoE routers: load_balance_coef (weight of the
+        Switch load-balancing loss, transformers' router_aux_loss_coef), router_z_loss_coef
+        (weight of the router z-loss), router_bias_update_rate (DeepSeek-V3's gamma: the step of
+        the aux-loss-free bias update). See `Transformer.aux_loss` and
+        `Transformer.update_router_biases`.
     """
 
     vocab_size: int
@@ -91,6 +124,27 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     causal: bool = True
+    # multi-head latent attention
+    attention: str = "standard"
+    q_latent_dim: int | None = None
+    kv_latent_dim: int | None = None
+    rope_head_dim: int | None = None
+    value_head_dim: int | None = None
+    # mixture of experts
+    num_experts: int = 0
+    experts_per_token: int | None = None
+    expert_hidden_dim: int | None = None
+    num_shared_experts: int = 0
+    first_dense_layers: int = 0
+    router_scoring: str = "softmax"
+    router_renormalize: bool = False
+    expert_groups: int = 1
+    groups_per_token: int = 1
+    router_group_score: str = "max"
+    router_selection_bias: bool = False
+    routed_scaling_factor: float = 1.0
+    # multi-token prediction
+    mtp_layers: int = 0
     # embeddings and output
     tie_embeddings: bool = True
     scale_embeddings: bool = False
@@ -99,6 +153,9 @@ class ModelConfig:
     # training
     dropout: float = 0.0
     init_std: float = 0.02
+    load_balance_coef: float = 0.0
+    router_z_loss_coef: float = 0.0
+    router_bias_update_rate: float = 0.0
     # free-form notes that are not knobs (e.g. the source of a preset); ignored by `diff`
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -122,6 +179,26 @@ class ModelConfig:
     def rotary_dim(self) -> int:
         """How many dimensions of each head RoPE rotates (partial rotary keeps the rest)."""
         return int(self.head_size * self.partial_rotary_factor)
+
+    @property
+    def value_head_size(self) -> int:
+        """Width of one head's values (value_head_dim for MLA, else head_size)."""
+        return self.head_size if self.value_head_dim is None else self.value_head_dim
+
+    @property
+    def qk_head_size(self) -> int:
+        """Width of one head's queries and keys: head_size, plus rope_head_dim for MLA."""
+        return self.head_size + (self.rope_head_dim or 0)
+
+    @property
+    def expert_width(self) -> int:
+        """Hidden width of one routed expert (expert_hidden_dim, or hidden_dim)."""
+        return self.hidden_dim if self.expert_hidden_dim is None else self.expert_hidden_dim
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index` has routed experts (False for dense configs and the first
+        first_dense_layers layers)."""
+        return self.num_experts > 0 and index >= self.first_dense_layers
 
     def layer_type(self, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index`."""
@@ -195,3 +272,89 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout={cfg.dropout} must be in [0, 1)")
+    _validate_mla(cfg)
+    _validate_moe(cfg)
+    _positive_or_zero("mtp_layers", cfg.mtp_layers)
+    for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0 (0 switches it off)")
+
+
+def _positive_or_zero(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an int >= 0")
+
+
+_MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
+
+
+def _validate_mla(cfg: ModelConfig) -> None:
+    _choice("attention", cfg.attention, ATTENTIONS)
+    if cfg.attention == "standard":
+        for name in _MLA_KNOBS:
+            if getattr(cfg, name) is not None:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='standard'")
+        return
+    for name in ("kv_latent_dim", "rope_head_dim"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"attention='mla' needs {name} (got None)")
+    for name in _MLA_KNOBS:
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    if cfg.num_kv_heads not in (None, cfg.num_heads):
+        raise ValueError(
+            f"attention='mla' gives every head its own keys and values: num_kv_heads={cfg.num_kv_heads} must be None"
+        )
+    if cfg.position != "rope":
+        raise ValueError(f"attention='mla' needs position='rope' (its decoupled key is rotated), got position={cfg.position!r}")
+    if cfg.rope_head_dim % 2:
+        raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
+    if cfg.partial_rotary_factor != 1.0:
+        raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
+    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar"):
+        if getattr(cfg, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
+
+
+_MOE_KNOBS = {
+    "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
+    "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
+}  # fmt: skip
+
+
+def _validate_moe(cfg: ModelConfig) -> None:
+    _positive_or_zero("num_experts", cfg.num_experts)
+    _choice("router_scoring", cfg.router_scoring, ROUTER_SCORINGS)
+    _choice("router_group_score", cfg.router_group_score, ROUTER_GROUP_SCORES)
+    if cfg.num_experts == 0:
+        for name, off in _MOE_KNOBS.items():
+            if getattr(cfg, name) != off:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} is a mixture-of-experts knob, but num_experts=0")
+        return
+    if cfg.experts_per_token is None:
+        raise ValueError(f"num_experts={cfg.num_experts} needs experts_per_token (the top-k)")
+    _positive("experts_per_token", cfg.experts_per_token)
+    if cfg.experts_per_token > cfg.num_experts:
+        raise ValueError(f"experts_per_token={cfg.experts_per_token} must be <= num_experts={cfg.num_experts}")
+    if cfg.expert_hidden_dim is not None:
+        _positive("expert_hidden_dim", cfg.expert_hidden_dim)
+    _positive_or_zero("num_shared_experts", cfg.num_shared_experts)
+    _positive_or_zero("first_dense_layers", cfg.first_dense_layers)
+    if cfg.first_dense_layers > cfg.num_layers:
+        raise ValueError(f"first_dense_layers={cfg.first_dense_layers} must be <= num_layers={cfg.num_layers}")
+    _positive("expert_groups", cfg.expert_groups)
+    _positive("groups_per_token", cfg.groups_per_token)
+    if cfg.num_experts % cfg.expert_groups:
+        raise ValueError(f"num_experts={cfg.num_experts} must be divisible by expert_groups={cfg.expert_groups}")
+    if cfg.groups_per_token > cfg.expert_groups:
+        raise ValueError(f"groups_per_token={cfg.groups_per_token} must be <= expert_groups={cfg.expert_groups}")
+    per_group = cfg.num_experts // cfg.expert_groups
+    if cfg.experts_per_token > cfg.groups_per_token * per_group:
+        raise ValueError(
+            f"experts_per_token={cfg.experts_per_token} is more than the groups_per_token={cfg.groups_per_token} "
+            f"groups of {per_group} experts a token may choose from"
+        )
+    if cfg.expert_groups > 1 and cfg.router_group_score == "top2_sum" and per_group < 2:
+        raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
+    if not cfg.routed_scaling_factor > 0:
+        raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")

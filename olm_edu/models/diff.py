@@ -6,8 +6,11 @@ shows the same rows as an HTML table.
 
 Compared: every `ModelConfig` field except `name` and `notes` (labels, not architecture) and
 `family` (which transformers class to map to; two configs that differ only in family build the
-same model). The family is shown in the table header instead. The tables show "-" for a RoPE
-knob of a model without RoPE: GPT-2 carries a default rope_theta that it never uses.
+same model). The family is shown in the table header instead. The tables show "-" for a knob
+that does nothing in its model: a RoPE knob of a model without RoPE (GPT-2 carries a default
+rope_theta that it never uses), a router knob of a dense model, a latent-attention knob of a
+model with standard attention. So `render_diff(preset("Llama-3.1-8B"), preset("DeepSeek-V3"))`
+lists the MLA and MoE knobs DeepSeek turns, with "-" on the Llama side.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from olm_edu.models.config import ModelConfig
 
 IGNORED = ("name", "notes", "family")
 ROPE_KNOBS = ("rope_theta", "rope_scaling", "rope_layout", "partial_rotary_factor")
+MOE_KNOBS = (
+    "experts_per_token", "expert_hidden_dim", "num_shared_experts", "first_dense_layers", "router_scoring",
+    "router_renormalize", "expert_groups", "groups_per_token", "router_group_score", "router_selection_bias",
+    "routed_scaling_factor", "load_balance_coef", "router_z_loss_coef", "router_bias_update_rate",
+)  # fmt: skip
+MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
 MAX_CELL_WIDTH = 44  # longer values (a rope_scaling dict) wrap onto more lines in the text table
 
 
@@ -70,8 +79,12 @@ def _column_titles(cfg_a: ModelConfig, cfg_b: ModelConfig) -> tuple[str, str]:
 
 
 def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
-    # RoPE knobs of a model without RoPE (GPT-2's rope_theta) do nothing: show "-", not a number
+    # knobs that do nothing in this model (GPT-2's rope_theta, a dense model's router): "-"
     if knob in ROPE_KNOBS and cfg.position != "rope":
+        return "-"
+    if knob in MOE_KNOBS and cfg.num_experts == 0:
+        return "-"
+    if knob in MLA_KNOBS and cfg.attention != "mla":
         return "-"
     return format_value(value)
 

@@ -16,6 +16,25 @@ What each family fixes and what its config.json leaves free:
     gemma2   rmsnorm_gemma  sandwich   rope      glu      attention_bias (q,k,v,o) soft-caps, scaled embeddings,
                                                                                  query_pre_attn_scalar, sliding layers
 
+The mixture-of-experts families add routed experts (and DeepSeek multi-head latent attention):
+
+    family       attention  router                                           extras
+    mixtral      GQA        softmax, top-k, renormalised                     as mistral; experts of intermediate_size
+    qwen3_moe    GQA        softmax, top-k, norm_topk_prob                   as qwen3 (sliding on every layer when
+                                                                             use_sliding_window); dense layers from
+                                                                             mlp_only_layers / decoder_sparse_step
+    deepseek_v2  MLA        softmax, greedy or group_limited_greedy (max),   shared experts, first_k_dense_replace,
+                            not renormalised, routed_scaling_factor          interleaved RoPE, mlp_bias
+    deepseek_v3  MLA        sigmoid + selection bias (e_score_correction_    as deepseek_v2; rope_interleave;
+                            bias), groups by top-2 sum, norm_topk_prob,      num_nextn_predict_layers (MTP,
+                            routed_scaling_factor                            not in the main model)
+
+`load_balance_coef` is read from router_aux_loss_coef (mixtral, qwen3_moe: the coefficient
+their transformers classes train with); DeepSeek's configs carry no coefficient transformers
+reads, so it is 0 there. router_z_loss_coef and router_bias_update_rate have no config.json key:
+they are read as 0 and not written. DeepSeek-V2's norm_topk_prob is ignored, as transformers
+5.23's DeepseekV2 ignores it.
+
 Missing optional keys take the defaults of the family's config class in transformers 5.23.
 RoPE is read from either style: `rope_theta` + `rope_scaling` (the published files) or
 transformers 5's `rope_parameters`; `to_hf_config` writes the published style, which both
@@ -35,7 +54,11 @@ from typing import Any
 
 from olm_edu.models.config import ModelConfig
 
-SUPPORTED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2")
+SUPPORTED_FAMILIES = (
+    "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3",
+)  # fmt: skip
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+DEEPSEEK_FAMILIES = ("deepseek_v2", "deepseek_v3")
 
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
@@ -44,6 +67,10 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 
 # Defaults of the transformers 5.23 config classes, for keys a config.json may leave out.
@@ -112,6 +139,75 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "final_logit_softcapping": 30.0,
         "attn_logit_softcapping": 50.0,
         "use_bidirectional_attention": False,
+    },
+    "mixtral": {
+        **_ROPE_FAMILY_DEFAULTS,
+        "rope_theta": 1_000_000.0,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131_072,
+        "rms_norm_eps": 1e-5,
+        "sliding_window": None,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "router_aux_loss_coef": 0.001,
+        "router_jitter_noise": 0.0,
+    },
+    "qwen3_moe": {
+        **_ROPE_FAMILY_DEFAULTS,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 32_768,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 768,
+        "norm_topk_prob": False,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": None,
+        "router_aux_loss_coef": 0.001,
+    },
+    "deepseek_v2": {
+        **_ROPE_FAMILY_DEFAULTS,
+        "num_key_value_heads": None,
+        "max_position_embeddings": 2048,
+        "mlp_bias": False,
+        "first_k_dense_replace": 0,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "n_group": None,
+        "topk_group": None,
+        "topk_method": "greedy",
+        "n_routed_experts": 64,
+        "n_shared_experts": 2,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "routed_scaling_factor": 1.0,
+        "num_experts_per_tok": None,
+        "moe_intermediate_size": 1407,
+        "moe_layer_freq": 1,
+    },
+    "deepseek_v3": {
+        **_ROPE_FAMILY_DEFAULTS,
+        "num_key_value_heads": 128,
+        "max_position_embeddings": 4096,
+        "first_k_dense_replace": 3,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "n_group": 8,
+        "topk_group": 4,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "routed_scaling_factor": 2.5,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 2048,
+        "norm_topk_prob": True,
+        "rope_interleave": True,
+        "num_nextn_predict_layers": 1,
+        "moe_layer_freq": 1,
     },
 }
 
@@ -204,8 +300,12 @@ def _read_layers(keys: _Keys, num_layers: int) -> tuple[tuple[str, ...] | None, 
     family = keys.family
     if family == "llama":
         return None, None
-    if family == "mistral":  # one window for every layer, or none
+    if family in ("mistral", "mixtral"):  # one window for every layer, or none
         return None, keys["sliding_window"]
+    if family == "qwen3_moe":  # Qwen3MoeAttention slides every layer when use_sliding_window is on
+        return None, keys["sliding_window"] if keys["use_sliding_window"] else None
+    if family in DEEPSEEK_FAMILIES:
+        return None, None
     if family in ("qwen2", "qwen3"):
         window = keys["sliding_window"] if keys["use_sliding_window"] else None
         types = keys["layer_types"] or [
@@ -255,12 +355,12 @@ def _rope_family_knobs(keys: _Keys) -> dict[str, Any]:
     layer_types, sliding_window = _read_layers(keys, num_layers)
     if family == "qwen2":
         qkv_bias, attn_out_bias = True, False
-    elif family == "mistral":
+    elif family in ("mistral", "mixtral"):
         qkv_bias = attn_out_bias = False
     else:
         qkv_bias = attn_out_bias = bool(keys["attention_bias"])
     gemma = family == "gemma2"
-    return dict(
+    knobs = dict(
         vocab_size=keys.required("vocab_size"),
         max_seq_len=keys["max_position_embeddings"],
         embed_dim=embed_dim,
@@ -279,10 +379,10 @@ def _rope_family_knobs(keys: _Keys) -> dict[str, Any]:
         rope_layout="half",
         ffn="glu",
         activation=keys.activation("hidden_activation" if gemma else "hidden_act"),
-        ffn_bias=bool(keys["mlp_bias"]) if family == "llama" else False,
+        ffn_bias=bool(keys["mlp_bias"]) if family in ("llama", "deepseek_v2") else False,
         qkv_bias=qkv_bias,
         attn_out_bias=attn_out_bias,
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         attn_logit_softcap=keys["attn_logit_softcapping"] if gemma else None,
         query_pre_attn_scalar=float(keys["query_pre_attn_scalar"]) if gemma else None,
         sliding_window=sliding_window,
@@ -292,6 +392,105 @@ def _rope_family_knobs(keys: _Keys) -> dict[str, Any]:
         scale_embeddings=gemma,
         final_logit_softcap=keys["final_logit_softcapping"] if gemma else None,
         init_std=float(keys["initializer_range"]),
+    )
+    if family in DEEPSEEK_FAMILIES:
+        knobs.update(_mla_knobs(keys))
+    if family in MOE_FAMILIES:
+        knobs.update(_moe_knobs(keys, num_layers))
+    return knobs
+
+
+def _mla_knobs(keys: _Keys) -> dict[str, Any]:
+    """DeepSeek's multi-head latent attention. Its head_dim is qk_nope_head_dim (the head_dim
+    key that transformers 5 writes holds qk_rope_head_dim, for its RoPE code, and is ignored)."""
+    num_heads, embed_dim = keys.required("num_attention_heads"), keys.required("hidden_size")
+    if keys["num_key_value_heads"] not in (None, num_heads):
+        raise ValueError(
+            f"num_key_value_heads={keys['num_key_value_heads']} must equal num_attention_heads={num_heads}: "
+            "latent attention gives every head its own keys and values"
+        )
+    head_dim, value_head_dim = keys["qk_nope_head_dim"], keys["v_head_dim"]
+    layout = "interleaved" if keys.family == "deepseek_v2" or keys["rope_interleave"] else "half"
+    return dict(
+        attention="mla",
+        num_kv_heads=None,
+        head_dim=None if head_dim * num_heads == embed_dim else head_dim,
+        q_latent_dim=keys["q_lora_rank"],
+        kv_latent_dim=keys["kv_lora_rank"],
+        rope_head_dim=keys["qk_rope_head_dim"],
+        value_head_dim=None if value_head_dim == head_dim else value_head_dim,
+        rope_layout=layout,
+    )
+
+
+def _moe_layers(keys: _Keys, num_layers: int) -> int:
+    """Qwen3-MoE's decoder_sparse_step and mlp_only_layers, as a count of leading dense layers."""
+    dense = set(keys["mlp_only_layers"] or [])
+    step = keys["decoder_sparse_step"]
+    moe = [i for i in range(num_layers) if i not in dense and (i + 1) % step == 0]
+    first_dense = num_layers - len(moe)
+    if moe != list(range(first_dense, num_layers)):
+        raise ValueError(
+            f"decoder_sparse_step={step}, mlp_only_layers={sorted(dense)} put dense layers between MoE layers; "
+            "the knob first_dense_layers only expresses dense layers before the first MoE layer"
+        )
+    return first_dense
+
+
+def _moe_knobs(keys: _Keys, num_layers: int) -> dict[str, Any]:
+    family, hidden_dim = keys.family, keys.required("intermediate_size")
+    if family == "mixtral":
+        if keys["router_jitter_noise"]:
+            raise ValueError(f"router_jitter_noise={keys['router_jitter_noise']} is not a ModelConfig knob")
+        return dict(
+            num_experts=keys["num_local_experts"],
+            experts_per_token=keys["num_experts_per_tok"],
+            router_renormalize=True,
+            load_balance_coef=float(keys["router_aux_loss_coef"]),
+        )
+    if family == "qwen3_moe":
+        # published files say num_experts; transformers 5 writes it as num_local_experts
+        num_experts = keys.data.get("num_local_experts", keys["num_experts"])
+        if not num_experts:
+            return dict(load_balance_coef=float(keys["router_aux_loss_coef"]))  # every layer dense
+        expert_dim = keys["moe_intermediate_size"]
+        return dict(
+            num_experts=num_experts,
+            experts_per_token=keys["num_experts_per_tok"],
+            expert_hidden_dim=None if expert_dim == hidden_dim else expert_dim,
+            first_dense_layers=_moe_layers(keys, num_layers),
+            router_renormalize=bool(keys["norm_topk_prob"]),
+            load_balance_coef=float(keys["router_aux_loss_coef"]),
+        )
+    expert_dim, top_k = keys["moe_intermediate_size"], keys["num_experts_per_tok"]
+    if top_k is None:  # DeepSeek-V2's class has no default for it
+        raise ValueError(f"config.json of model_type={family!r} lacks the required key 'num_experts_per_tok'")
+    if keys["moe_layer_freq"] != 1:
+        raise ValueError(f"moe_layer_freq={keys['moe_layer_freq']} is not a knob: transformers puts experts on every layer")
+    knobs = dict(
+        num_experts=keys["n_routed_experts"],
+        experts_per_token=top_k,
+        expert_hidden_dim=None if expert_dim == hidden_dim else expert_dim,
+        num_shared_experts=keys["n_shared_experts"] or 0,
+        first_dense_layers=keys["first_k_dense_replace"] or 0,
+        routed_scaling_factor=float(keys["routed_scaling_factor"]),
+    )
+    if family == "deepseek_v2":
+        method = keys["topk_method"]
+        if method not in ("greedy", "group_limited_greedy"):
+            raise ValueError(f"topk_method={method!r} is not one of ('greedy', 'group_limited_greedy')")
+        if method == "group_limited_greedy":
+            knobs.update(expert_groups=keys["n_group"], groups_per_token=keys["topk_group"])
+        return dict(knobs, router_scoring="softmax", router_renormalize=False, router_group_score="max")
+    return dict(
+        knobs,
+        router_scoring="sigmoid",
+        router_renormalize=bool(keys["norm_topk_prob"]),
+        expert_groups=keys["n_group"] or 1,
+        groups_per_token=keys["topk_group"] or 1,
+        router_group_score="top2_sum",
+        router_selection_bias=True,
+        mtp_layers=keys["num_nextn_predict_layers"],
     )
 
 
@@ -333,6 +532,18 @@ _PLAIN_ROPE_FAMILY_FIXED = {
     "scale_embeddings": False,
     "causal": True,
 }
+# Knobs no dense family's transformers class can turn.
+_DENSE = {"num_experts": 0, "attention": "standard", "mtp_layers": 0}
+# The router of each MoE family, and knobs they share.
+_NO_MLA = {"attention": "standard", "mtp_layers": 0}
+_SOFTMAX_TOP_K = {
+    "router_scoring": "softmax", "expert_groups": 1, "router_group_score": "max", "router_selection_bias": False,
+    "routed_scaling_factor": 1.0, "num_shared_experts": 0,
+}  # fmt: skip
+_DEEPSEEK_FIXED = {
+    **{knob: value for knob, value in _PLAIN_ROPE_FAMILY_FIXED.items() if knob != "rope_layout"},
+    "attention": "mla", "qk_norm": False, "sliding_window": None,
+}  # fmt: skip
 FIXED_KNOBS: dict[str, dict[str, Any]] = {
     "gpt2": {
         "norm": "layernorm",
@@ -350,18 +561,22 @@ FIXED_KNOBS: dict[str, dict[str, Any]] = {
         "causal": True,
         "scale_embeddings": False,
         "lm_head_bias": False,
+        **_DENSE,
     },
-    "llama": {**_PLAIN_ROPE_FAMILY_FIXED, "qk_norm": False, "sliding_window": None},
+    "llama": {**_PLAIN_ROPE_FAMILY_FIXED, **_DENSE, "qk_norm": False, "sliding_window": None},
     "mistral": {
         **_PLAIN_ROPE_FAMILY_FIXED,
+        **_DENSE,
         "qk_norm": False,
         "qkv_bias": False,
         "attn_out_bias": False,
         "ffn_bias": False,
         "layer_types": None,
     },
-    "qwen2": {**_PLAIN_ROPE_FAMILY_FIXED, "qk_norm": False, "qkv_bias": True, "attn_out_bias": False, "ffn_bias": False},
-    "qwen3": {**_PLAIN_ROPE_FAMILY_FIXED, "qk_norm": True, "ffn_bias": False},
+    "qwen2": {
+        **_PLAIN_ROPE_FAMILY_FIXED, **_DENSE, "qk_norm": False, "qkv_bias": True, "attn_out_bias": False, "ffn_bias": False,
+    },  # fmt: skip
+    "qwen3": {**_PLAIN_ROPE_FAMILY_FIXED, **_DENSE, "qk_norm": True, "ffn_bias": False},
     "gemma2": {
         **_ROPE_FAMILY_FIXED,
         "norm": "rmsnorm_gemma",
@@ -369,6 +584,39 @@ FIXED_KNOBS: dict[str, dict[str, Any]] = {
         "qk_norm": False,
         "ffn_bias": False,
         "scale_embeddings": True,
+        **_DENSE,
+    },
+    "mixtral": {
+        **_PLAIN_ROPE_FAMILY_FIXED,
+        **_NO_MLA,
+        **_SOFTMAX_TOP_K,
+        "qk_norm": False,
+        "qkv_bias": False,
+        "attn_out_bias": False,
+        "ffn_bias": False,
+        "layer_types": None,
+        "router_renormalize": True,
+        "expert_hidden_dim": None,
+        "first_dense_layers": 0,
+    },
+    "qwen3_moe": {
+        **_PLAIN_ROPE_FAMILY_FIXED, **_NO_MLA, **_SOFTMAX_TOP_K, "qk_norm": True, "ffn_bias": False, "layer_types": None,
+    },  # fmt: skip
+    "deepseek_v2": {
+        **_DEEPSEEK_FIXED,
+        "mtp_layers": 0,
+        "rope_layout": "interleaved",
+        "router_scoring": "softmax",
+        "router_renormalize": False,
+        "router_group_score": "max",
+        "router_selection_bias": False,
+    },
+    "deepseek_v3": {
+        **_DEEPSEEK_FIXED,
+        "ffn_bias": False,
+        "router_scoring": "sigmoid",
+        "router_group_score": "top2_sum",
+        "router_selection_bias": True,
     },
 }
 
@@ -383,10 +631,14 @@ def _check_expressible(cfg: ModelConfig) -> None:
     for knob, needed in FIXED_KNOBS[cfg.family].items():
         if getattr(cfg, knob) != needed:
             raise _cannot(cfg, knob, f"its transformers class needs {needed!r}")
-    if cfg.family in ("llama", "qwen3", "gemma2") and cfg.qkv_bias != cfg.attn_out_bias:
+    if cfg.family in ("llama", "qwen3", "gemma2", "qwen3_moe", *DEEPSEEK_FAMILIES) and cfg.qkv_bias != cfg.attn_out_bias:
         raise _cannot(cfg, "attn_out_bias", "one attention_bias switches q, k, v and o together")
     if cfg.family != "gemma2" and cfg.query_pre_attn_scalar not in (None, cfg.head_size):
         raise _cannot(cfg, "query_pre_attn_scalar", "attention is scaled by head_dim ** -0.5")
+    if cfg.family in ("mixtral", *DEEPSEEK_FAMILIES) and cfg.num_experts == 0:
+        raise _cannot(cfg, "num_experts", "its transformers class has routed experts on its MoE layers")
+    if cfg.family == "deepseek_v2" and cfg.expert_groups == 1 and cfg.groups_per_token != 1:
+        raise _cannot(cfg, "groups_per_token", "one group of experts leaves nothing to limit")
     if cfg.family == "gpt2":
         if cfg.kv_heads != cfg.num_heads:
             raise _cannot(cfg, "num_kv_heads", "GPT-2 has one key/value head per query head")
@@ -447,16 +699,26 @@ def _rope_family_config(cfg: ModelConfig) -> dict[str, Any]:
     }
     act_key = "hidden_activation" if family == "gemma2" else "hidden_act"
     out[act_key] = _ACTIVATIONS_OUT[cfg.activation]
-    if family in ("llama", "qwen3", "gemma2"):
+    if family in ("llama", "qwen3", "gemma2", "qwen3_moe", *DEEPSEEK_FAMILIES):
         out["attention_bias"] = cfg.qkv_bias
-    if family == "llama":
+    if family in ("llama", "deepseek_v2"):
         out["mlp_bias"] = cfg.ffn_bias
     if family == "qwen2" and cfg.head_dim is None:
         del out["head_dim"]  # Qwen2Config has no head_dim key; set only when it differs
-    if family == "mistral":
+    if family in DEEPSEEK_FAMILIES:
+        del out["head_dim"]  # transformers sets it to qk_rope_head_dim itself; the widths are the qk_* keys
+    if family in ("mixtral", "qwen3_moe") and cfg.head_dim is None:
+        del out["head_dim"]  # their config classes leave head_dim unset unless it differs
+    if family in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
     if family in ("qwen2", "qwen3"):
         out.update(_sliding_keys(cfg))
+    if family == "qwen3_moe":
+        out.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window)
+    if family in DEEPSEEK_FAMILIES:
+        out.update(_mla_config(cfg))
+    if family in MOE_FAMILIES:
+        out.update(_moe_config(cfg))
     if family == "gemma2":
         types = [cfg.layer_type(i) for i in range(cfg.num_layers)]
         out["sliding_window"] = cfg.sliding_window
@@ -467,6 +729,57 @@ def _rope_family_config(cfg: ModelConfig) -> dict[str, Any]:
         out["final_logit_softcapping"] = _float_or_none(cfg.final_logit_softcap)
         if not cfg.causal:
             out["use_bidirectional_attention"] = True
+    return out
+
+
+def _mla_config(cfg: ModelConfig) -> dict[str, Any]:
+    out = {
+        "num_key_value_heads": cfg.num_heads,
+        "q_lora_rank": cfg.q_latent_dim,
+        "kv_lora_rank": cfg.kv_latent_dim,
+        "qk_nope_head_dim": cfg.head_size,
+        "qk_rope_head_dim": cfg.rope_head_dim,
+        "v_head_dim": cfg.value_head_size,
+    }
+    if cfg.family == "deepseek_v3":
+        out["rope_interleave"] = cfg.rope_layout == "interleaved"
+    return out
+
+
+def _moe_config(cfg: ModelConfig) -> dict[str, Any]:
+    family = cfg.family
+    if family == "mixtral":
+        return {
+            "num_local_experts": cfg.num_experts,
+            "num_experts_per_tok": cfg.experts_per_token,
+            "router_aux_loss_coef": cfg.load_balance_coef,
+        }
+    if family == "qwen3_moe":
+        return {
+            "num_experts": cfg.num_experts,
+            "num_experts_per_tok": cfg.experts_per_token or 1,
+            "moe_intermediate_size": cfg.expert_width,
+            "norm_topk_prob": cfg.router_renormalize,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": list(range(cfg.first_dense_layers)),
+            "router_aux_loss_coef": cfg.load_balance_coef,
+        }
+    out = {
+        "n_routed_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.experts_per_token,
+        "moe_intermediate_size": cfg.expert_width,
+        "n_shared_experts": cfg.num_shared_experts,
+        "first_k_dense_replace": cfg.first_dense_layers,
+        "routed_scaling_factor": cfg.routed_scaling_factor,
+        "n_group": cfg.expert_groups,
+        "topk_group": cfg.groups_per_token,
+    }
+    if family == "deepseek_v2":
+        out["topk_method"] = "group_limited_greedy" if cfg.expert_groups > 1 else "greedy"
+        out["norm_topk_prob"] = False
+    else:
+        out["norm_topk_prob"] = cfg.router_renormalize
+        out["num_nextn_predict_layers"] = cfg.mtp_layers
     return out
 
 

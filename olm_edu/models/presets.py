@@ -38,6 +38,10 @@ HUB_IDS = {
     "Qwen2.5-72B": "Qwen/Qwen2.5-72B",
     "Qwen3-0.6B": "Qwen/Qwen3-0.6B",
     "gemma-2-9b": "google/gemma-2-9b",
+    "Mixtral-8x7B-v0.1": "mistralai/Mixtral-8x7B-v0.1",
+    "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
+    "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
+    "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
 }
 
 

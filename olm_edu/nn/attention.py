@@ -18,6 +18,7 @@ Knobs:
 - implementation="explicit" computes the formula above line by line; "sdpa" calls
   `torch.nn.functional.scaled_dot_product_attention` (which can use fused kernels). They
   agree to float32 rounding. SDPA has no soft-cap, so a soft-capped layer always runs explicit.
+  Both live in `attend`, which multi-head latent attention (olm_edu.nn.mla) shares.
 
 Shapes: x (B, T, embed_dim) -> (B, T, embed_dim)
 """
@@ -32,7 +33,7 @@ from olm_edu.nn.blocks import Context
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rotary
 
-__all__ = ["Attention", "attention_mask", "repeat_kv", "softcap", "IMPLEMENTATIONS"]
+__all__ = ["Attention", "attend", "attention_mask", "repeat_kv", "softcap", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("explicit", "sdpa")
 
@@ -69,6 +70,49 @@ def attention_mask(
         inside = offset < window
         allowed = inside if allowed is None else allowed & inside
     return allowed
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor | None,
+    *,
+    scale: float,
+    implementation: str = "sdpa",
+    bias: torch.Tensor | None = None,
+    logit_softcap: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """softmax(softcap(q k^T * scale) + bias, masked where not `allowed`) v.
+
+    "explicit" computes it one line per step; "sdpa" hands it to PyTorch's fused kernel (a mask
+    and a bias go in as one additive mask; SDPA has no soft-cap, so a soft-capped call always
+    runs explicit). is_causal=True says `allowed` is the plain causal mask of a sequence
+    attending to itself (T_q = T_k), so SDPA may use its fused causal kernel instead.
+
+    Shapes: q (B, H, T_q, d), k (B, H, T_k, d), v (B, H, T_k, d_v), allowed (T_q, T_k),
+        bias (H, T_q, T_k) -> (B, H, T_q, d_v)
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
+    if implementation == "explicit" or logit_softcap is not None:
+        scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
+        scores = softcap(scores, logit_softcap)
+        if bias is not None:
+            scores = scores + bias
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        weights = F.dropout(weights, dropout, dropout > 0)
+        return weights @ v  # (B, H, T_q, d_v)
+    if is_causal and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
+    mask = allowed
+    if bias is not None:
+        mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 class Attention(nn.Module):
@@ -174,36 +218,13 @@ class Attention(nn.Module):
         bias = None
         if self.alibi_slopes is not None:
             bias = alibi_bias(self.alibi_slopes, positions, key_positions).to(q.dtype)  # (H, T_q, T_k)
-        if self.implementation == "explicit" or self.logit_softcap is not None:
-            out = self._explicit(q, k, v, allowed, bias)
-        elif cache is None and bias is None and self.causal and self.sliding_window is None:
-            out = self._sdpa(q, k, v, None, None, is_causal=True)  # lets SDPA pick a fused causal kernel
-        else:
-            out = self._sdpa(q, k, v, allowed, bias)
+        out = attend(
+            q, k, v, allowed, scale=self.scale, implementation=self.implementation, bias=bias,
+            logit_softcap=self.logit_softcap, dropout=self.dropout if self.training else 0.0,
+            is_causal=cache is None and self.causal and self.sliding_window is None,
+        )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
         return self.o_proj(out)
-
-    def _explicit(self, q, k, v, allowed, bias) -> torch.Tensor:
-        """The formula, one line per step. q (B, H, T_q, d), k and v (B, H, T_k, d)."""
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T_q, T_k)
-        scores = softcap(scores, self.logit_softcap)
-        if bias is not None:
-            scores = scores + bias
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        weights = F.dropout(weights, self.dropout, self.training)
-        return weights @ v  # (B, H, T_q, d)
-
-    def _sdpa(self, q, k, v, allowed, bias, is_causal: bool = False) -> torch.Tensor:
-        """The same through PyTorch's fused kernel; a mask (and ALiBi) go in as an additive bias."""
-        mask = allowed
-        if bias is not None:
-            mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal, scale=self.scale,
-        )
 
     def extra_repr(self) -> str:
         parts = [f"heads={self.num_heads}", f"kv_heads={self.num_kv_heads}", f"head_dim={self.head_dim}"]

@@ -9,7 +9,12 @@ built from positions rather than indices. That makes the sliding-window layers s
 evict keys that have fallen out of the window (a rolling cache holding at most
 `sliding_window` entries), and the mask still knows where every remaining key sits.
 
+Multi-head latent attention (olm_edu.nn.mla) keeps less: per token, the compressed latent
+c_kv and the one rotated key shared by all heads, instead of every head's key and value
+(`update_latent`; they sit in the keys and values slots, as single-head tensors).
+
 Shapes: keys and values (B, num_kv_heads, T_cached, head_dim); positions (T_cached,).
+    MLA: latent (B, 1, T_cached, kv_latent_dim), rotated key (B, 1, T_cached, rope_head_dim).
 """
 
 from __future__ import annotations
@@ -50,11 +55,18 @@ class KVCache:
         self.positions[layer] = positions[keep]
         return keys, values, positions
 
+    def update_latent(
+        self, layer: int, latent: torch.Tensor, rope_keys: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MLA: append this step's latent (B, 1, T, kv_latent_dim) and shared rotated key
+        (B, 1, T, rope_head_dim); return all of them and their positions."""
+        return self.update(layer, latent, rope_keys, positions)
+
     def cached_length(self, layer: int) -> int:
         """How many keys layer `layer` holds (at most the window for sliding layers)."""
         return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
 
     def nbytes(self) -> int:
-        """Bytes held by the cached keys and values."""
+        """Bytes held by the cached keys and values (or MLA latents and rotated keys)."""
         tensors = [t for t in self.keys + self.values if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
