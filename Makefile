@@ -16,9 +16,9 @@ test: $(VENV)/.installed-test
 lessons: $(VENV)/.installed
 	$(BIN)/olm-edu lessons
 
-book:
-	@echo "The Jupyter Book build is not part of the course yet (see book/README.md)." >&2
-	@exit 1
+# The Jupyter Book edition, offline, into book/_build/html (see book/README.md).
+book: $(VENV)/.installed-book
+	$(BIN)/python -m olm_edu.book build
 
 clean-venv:
 	rm -rf $(VENV)
@@ -33,6 +33,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The tests build the book too, so they need its extra.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,book]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-book
+
+$(VENV)/.installed-book: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[book]'
 	touch $@ $(VENV)/.installed
