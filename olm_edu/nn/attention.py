@@ -38,6 +38,20 @@ __all__ = ["Attention", "attend", "attention_mask", "repeat_kv", "softcap", "IMP
 IMPLEMENTATIONS = ("explicit", "sdpa")
 
 
+def checked_choice(name: str, allowed: tuple[str, ...]) -> property:
+    """A property that accepts only one of `allowed`, naming itself and them when refused."""
+
+    def get(self) -> str:
+        return getattr(self, "_" + name)
+
+    def set(self, value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not one of {allowed}")
+        setattr(self, "_" + name, value)
+
+    return property(get, set)
+
+
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     """cap * tanh(x / cap): a smooth clamp to (-cap, cap); identity when cap is None."""
     return x if cap is None else cap * torch.tanh(x / cap)
@@ -183,15 +197,7 @@ class Attention(nn.Module):
             "alibi_slopes", alibi_slopes(num_heads) if position == "alibi" else None, persistent=False
         )
 
-    @property
-    def implementation(self) -> str:
-        return self._implementation
-
-    @implementation.setter
-    def implementation(self, value: str) -> None:
-        if value not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation={value!r} is not one of {IMPLEMENTATIONS}")
-        self._implementation = value
+    implementation = checked_choice("implementation", IMPLEMENTATIONS)
 
     def forward(self, x: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         batch, length, _ = x.shape

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask
+from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask, checked_choice
 from olm_edu.nn.blocks import Context
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, apply_rotary, validate_rope_scaling
@@ -139,25 +139,8 @@ class LatentAttention(nn.Module):
         self.rotary = RotaryEmbedding(rope_head_dim, rope_theta, rope_scaling, max_seq_len, layout=rope_layout)
         self.scale = mla_softmax_scale(qk_head_dim, rope_scaling, max_seq_len)
 
-    @property
-    def implementation(self) -> str:
-        return self._implementation
-
-    @implementation.setter
-    def implementation(self, value: str) -> None:
-        if value not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation={value!r} is not one of {IMPLEMENTATIONS}")
-        self._implementation = value
-
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in MLA_MODES:
-            raise ValueError(f"mode={value!r} is not one of {MLA_MODES}")
-        self._mode = value
+    implementation = checked_choice("implementation", IMPLEMENTATIONS)
+    mode = checked_choice("mode", MLA_MODES)
 
     def forward(self, x: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         batch, length, _ = x.shape
