@@ -10,8 +10,10 @@ loaded with `to_hf_state_dict(olm_edu_model)`, so the weights are identical; the
 (same batch) must agree to 1e-5, and the script prints the largest loss difference over all
 timed steps too (both see the same batches and take the same AdamW steps).
 
-The models take turns (A, B, A, B, ...) after warm-up steps, so a busy machine slows both
-alike; the table reports each one's median. Extra rows on request (--extra):
+The models take turns after warm-up steps, so a busy machine slows both alike, and the order
+turns each round (A B, B A, A B, ...) so that neither always runs first. The table reports
+each one's median; on a busy machine the range column widens and the medians mean little.
+Extra rows on request (--extra):
   eager        transformers with attn_implementation="eager" (attention written out);
   fused-gelu   transformers sdpa with activation "gelu_pytorch_tanh" (one fused kernel, as
                olm_edu uses) instead of GPT-2's "gelu_new" (a formula of five element-wise ops);
@@ -176,7 +178,7 @@ def main() -> None:
           f"activation {cfg.activation}, max_seq_len {cfg.max_seq_len}; the knobs changed from GPT-2:")
     print(render_diff(preset("gpt2"), cfg))
     print(f"batch {args.batch} x seq {args.seq} = {tokens_per_step:,} tokens per step; "
-          f"{args.warmup} warm-up + {args.steps} timed steps per model, taking turns; AdamW lr 3e-4\n")
+          f"{args.warmup} warm-up + {args.steps} timed steps per model, taking turns in a rotating order; AdamW lr 3e-4\n")
 
     batches = make_batches(args.warmup + args.steps, args.batch, args.seq, cfg.vocab_size)
     with torch.no_grad():
@@ -189,7 +191,8 @@ def main() -> None:
         raise SystemExit("the models disagree before training: the timings would compare different models")
 
     for index, (ids, targets) in enumerate(batches):
-        for c in contenders:
+        turn = index % len(contenders)  # rotate the order so no model always goes first
+        for c in contenders[turn:] + contenders[:turn]:
             c.step(ids, targets, record=index >= args.warmup)
     drift = max(abs(a - b) for c in contenders[1:] for a, b in zip(c.losses, contenders[0].losses))
     print(f"losses over the {args.steps} timed steps agree to {drift:.1e} (both models trained the same way)\n")
