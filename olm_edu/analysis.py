@@ -2,7 +2,7 @@
 
 Everything here is arithmetic on the knobs; no weight is allocated, so a 671B model is as quick
 as a toy. Per layer, with d = embed_dim, H = num_heads, K = kv_heads, h = head_size and
-F = hidden_dim:
+F = hidden_dim::
 
     attention  d*H*h (q) + 2*d*K*h (k, v) + H*h*d (o)   + biases: H*h + 2*K*h (qkv), d (o)
                MLA (r_q = q_latent_dim, r = kv_latent_dim, h_R = rope_head_dim, h_v = value_head_size):
@@ -16,8 +16,8 @@ F = hidden_dim:
                qk_norm adds 2*h; MLA adds its latent norms r_q + r; "pre" and "sandwich" add
                one final norm
 
-plus the token table (vocab*d), a learned position table (max_seq_len*d), and an output head
-(vocab*d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
+plus the token table (vocab * d), a learned position table (max_seq_len * d), and an output head
+(vocab * d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
 (e_score_correction_bias) is a buffer, not a parameter, and is not counted (as transformers).
 """
 

@@ -38,10 +38,13 @@ __all__ = [
 
 
 class _DropRunMetadata(Preprocessor):
-    """Remove metadata that only records the author's last run (widget state, cell timings)."""
+    """Remove metadata that only records the author's last run (widget state, cell timings, the
+    Python version of the kernel that ran it), so re-running a solution elsewhere does not make
+    its lesson stale."""
 
     def preprocess(self, nb, resources):
         nb.metadata.pop("widgets", None)
+        nb.metadata.get("language_info", {}).pop("version", None)
         for cell in nb.cells:
             cell.metadata.pop("execution", None)
         return nb, resources

@@ -65,6 +65,14 @@ def generate(
     """Prompt ids (B, T) -> (B, T + max_new_tokens), sampling one token per step."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    cfg = model.config
+    total = ids.shape[1] + max_new_tokens
+    if cfg.position in ("learned", "sinusoidal") and total > cfg.max_seq_len:
+        # fail before any work, not half-way through with the tokens generated so far lost
+        raise ValueError(
+            f"prompt length {ids.shape[1]} + max_new_tokens={max_new_tokens} = {total} is more than "
+            f"max_seq_len={cfg.max_seq_len}, the length of the model's {cfg.position} position table"
+        )
     cache = model.new_cache() if use_cache else None
     tokens, step_input = ids, ids
     for _ in range(max_new_tokens):

@@ -33,8 +33,9 @@ import secrets
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["Check", "CheckFailed", "exercise", "forbidden", "SEED_ENV"]
+__all__ = ["Check", "CheckFailed", "allclose", "exercise", "forbidden", "SEED_ENV"]
 
 SEED_ENV = "OLM_EDU_CHECK_SEED"
 
@@ -135,6 +136,40 @@ class Check:
             )
         self.passed += 1
 
+    def close_or_diagnose(
+        self,
+        got: Any,
+        expected: torch.Tensor,
+        mistakes: dict[str, torch.Tensor],
+        *,
+        what: str,
+        atol: float = 1e-6,
+        rtol: float = 1e-5,
+        hint: str = "",
+    ) -> None:
+        """`close`, but when `got` is wrong and matches one of the usual mistakes, name it.
+
+        mistakes: {message naming the mistake and its fix: what that mistake would output}.
+        Each is tried (same shape, same tolerance) before the generic "at index ..." report.
+        """
+        __tracebackhide__ = True
+        if not allclose(got, expected, atol=atol, rtol=rtol):
+            for message, wrong in mistakes.items():
+                if allclose(got, wrong, atol=atol, rtol=rtol):
+                    self.fail(f"{what}: {message}")
+        self.close(got, expected, what=what, atol=atol, rtol=rtol, hint=hint)
+
+
+def allclose(got: Any, expected: torch.Tensor, *, atol: float, rtol: float) -> bool:
+    """Same shape and |got - expected| <= atol + rtol * |expected| everywhere; a NaN or inf
+    where `expected` is finite fails. Never raises (for trying candidate answers)."""
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
+        return False
+    got64, expected64 = got.detach().double().cpu(), expected.detach().double().cpu()
+    if (~torch.isfinite(got64) & torch.isfinite(expected64)).any():
+        return False
+    return bool(((got64 - expected64).abs() <= atol + rtol * expected64.abs()).all())
+
 
 def exercise(title: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn a check body `body(check, *learner_objects)` into a check function.
@@ -181,10 +216,27 @@ def forbidden(*names: str, reason: str = "this exercise asks you to write it you
             owner, attribute = _resolve(name)
             saved.append((owner, attribute, getattr(owner, attribute)))
             setattr(owner, attribute, _refuse(name, reason))
-        yield
+        # A name imported before the check ran (`from torch.nn.functional import softmax`) is not
+        # reached by the patch; torch still routes the call through the active function mode.
+        with _RefuseCalls({id(original): name for name, (_, _, original) in zip(names, saved)}, reason):
+            yield
     finally:
         for owner, attribute, original in reversed(saved):
             setattr(owner, attribute, original)
+
+
+class _RefuseCalls(TorchFunctionMode):
+    """Raise CheckFailed when torch dispatches one of the given functions (matched by identity)."""
+
+    def __init__(self, refused: dict[int, str], reason: str):
+        super().__init__()
+        self.refused, self.reason = refused, reason
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True
+        if id(func) in self.refused:
+            raise CheckFailed(f"your code calls {self.refused[id(func)]}, which is not allowed here: {self.reason}")
+        return func(*args, **(kwargs or {}))
 
 
 def _refuse(name: str, reason: str) -> Callable[..., None]:

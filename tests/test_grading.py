@@ -63,6 +63,33 @@ def test_forbidden_refuses_and_then_restores_the_originals():
     assert torch.zeros(2).softmax(-1).tolist() == [0.5, 0.5]
 
 
+def test_forbidden_also_catches_names_imported_before_the_check_and_tensor_methods():
+    from torch.nn.functional import layer_norm as imported_early  # an alias the patch cannot reach
+
+    x = torch.randn(3, 4)
+    with pytest.raises(CheckFailed, match="your code calls torch.nn.functional.layer_norm"):
+        with forbidden("torch.nn.functional.layer_norm"):
+            imported_early(x, (4,))
+    with pytest.raises(CheckFailed, match="your code calls torch.Tensor.softmax"):
+        with forbidden("torch.Tensor.softmax"):
+            x.softmax(-1)
+    with forbidden("torch.softmax"):  # other torch functions still run
+        assert torch.exp(torch.zeros(1)).item() == 1.0
+    torch.testing.assert_close(imported_early(x, (4,)), torch.nn.functional.layer_norm(x, (4,)))
+
+
+def test_close_or_diagnose_names_the_mistake_the_answer_matches():
+    expected = torch.tensor([1.0, 2.0, 3.0])
+    mistakes = {"you forgot to double": expected / 2, "you squared": expected**2}
+    with pytest.raises(CheckFailed, match="the output: you squared"):
+        make_check().close_or_diagnose(expected**2, expected, mistakes, what="the output")
+    with pytest.raises(CheckFailed, match=r"the output: at index \(0,\) expected 1, got 7"):
+        make_check().close_or_diagnose(expected + 6, expected, mistakes, what="the output")
+    check = make_check()
+    check.close_or_diagnose(expected.clone(), expected, mistakes, what="the output")
+    assert check.passed == 1
+
+
 def test_forbidden_rejects_names_outside_torch():
     with pytest.raises(ValueError, match="must be a dotted path starting with 'torch.'"):
         with forbidden("numpy.exp"):

@@ -72,6 +72,9 @@ def test_stale_lesson_is_detected(tmp_path):
     authoring.generate_all(tmp_path / "solutions", tmp_path / "lessons")
     assert authoring.stale_lessons(tmp_path / "solutions", tmp_path / "lessons") == {}
     nb = nbformat.read(tmp_path / "solutions" / source.name, as_version=4)
+    nb.metadata.setdefault("language_info", {"name": "python"})["version"] = "3.99.0"  # run elsewhere
+    nbformat.write(nb, tmp_path / "solutions" / source.name)
+    assert authoring.stale_lessons(tmp_path / "solutions", tmp_path / "lessons") == {}
     nb.cells[0].source += "\nA new sentence."
     nbformat.write(nb, tmp_path / "solutions" / source.name)
     assert source.name in authoring.stale_lessons(tmp_path / "solutions", tmp_path / "lessons")

@@ -117,6 +117,14 @@ def test_greedy_generation_is_identical_with_and_without_the_cache(cfg):
     assert with_cache.shape == (2, 23) and torch.equal(with_cache, without)
 
 
+def test_generation_past_a_position_table_fails_up_front_naming_the_lengths():
+    model = build(TINY).eval()  # learned positions, max_seq_len=32
+    with pytest.raises(ValueError, match=r"prompt length 30 \+ max_new_tokens=3 = 33 is more than max_seq_len=32"):
+        generate(model, ids(30, batch=1), 3)
+    assert generate(model, ids(30, batch=1), 2, temperature=0.0).shape == (1, 32)  # exactly fills the table
+    assert generate(build(TINY_LLAMA).eval(), ids(30, batch=1), 5, temperature=0.0).shape == (1, 35)  # RoPE: no table
+
+
 def test_sampling_with_the_same_generator_is_reproducible():
     model = build(TINY).eval()
     prompt = ids(3, batch=1)
