@@ -10,8 +10,11 @@ LAB_ARGS ?=
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab --ServerApp.root_dir=lessons $(LAB_ARGS)
 
+# Two workers (pytest-xdist); each notebook's cells stay together (see conftest.py).
+# `make test TEST_ARGS=` runs serially; `make test TEST_ARGS="-n 2 -k rope"` picks tests.
+TEST_ARGS ?= -n 2 --dist loadgroup
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_ARGS)
 
 lessons: $(VENV)/.installed
 	$(BIN)/olm-edu lessons

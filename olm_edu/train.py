@@ -322,6 +322,7 @@ def train(
     eval_every: int | None = None,
     eval_batches: int = 20,
     seed: int = 0,
+    eval_seed: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
     live_plot: bool = False,
@@ -332,6 +333,8 @@ def train(
     min_lr = max_lr / 10, eval_every = steps // 10 (validation also runs before the first step
     and after the last). grad_clip=None switches clipping off (the norms are still recorded).
     `seed` fixes the batches (and dropout): the same model, data and seed give the same history.
+    The validation batches are drawn with `eval_seed` (default: `seed`); give runs with different
+    seeds the same eval_seed to score them all on the same text.
     The model is moved to `device` and trained in place; the returned `TrainingHistory` holds
     the curves.
     """
@@ -351,7 +354,8 @@ def train(
         if val_data is None:
             return
         loss = estimate_loss(model, val_data, batch_size=batch_size, block_size=block_size,
-                             num_batches=eval_batches, seed=seed, device=device)
+                             num_batches=eval_batches, seed=seed if eval_seed is None else eval_seed,
+                             device=device)
         history.val_steps.append(completed)
         history.val_loss.append(loss)
         if plot is not None:

@@ -291,3 +291,15 @@ def test_train_updates_the_selection_bias_once_per_step_for_aux_loss_free_router
         steps = bias / 0.01
         torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)
         assert steps.abs().max() <= 5
+
+
+def test_runs_with_different_seeds_are_scored_on_the_same_batches_given_one_eval_seed():
+    val = torch.randint(0, VOCAB, (500,), generator=torch.Generator().manual_seed(9))
+    histories = {}
+    for seed, eval_seed in [(1, 0), (2, 0), (2, None)]:
+        model = tiny_model(seed=5)  # the same weights every time
+        histories[seed, eval_seed] = train(model, repeating_stream(), val, steps=1, batch_size=2, block_size=8,
+                                           max_lr=0.0, seed=seed, eval_seed=eval_seed, progress=False, device="cpu")
+    first = lambda h: h.val_loss[0]  # measured before any step, so only the batches differ
+    assert first(histories[1, 0]) == first(histories[2, 0])
+    assert first(histories[2, None]) != first(histories[2, 0])  # by default the training seed picks them
