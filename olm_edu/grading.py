@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import secrets
 from typing import Any, Callable, Iterator
@@ -207,8 +208,11 @@ def exercise(title: str) -> Callable[[Callable[..., None]], Callable[..., None]]
 def forbidden(*names: str, reason: str = "this exercise asks you to write it yourself") -> Iterator[None]:
     """Make the named functions raise `CheckFailed` while the block runs.
 
-    Names are dotted paths from `torch`, e.g. "torch.softmax", "torch.nn.functional.softmax",
-    "torch.Tensor.softmax". The originals are restored afterwards, even on failure.
+    Names are dotted paths from `torch` or `olm_edu`, e.g. "torch.softmax",
+    "torch.nn.functional.softmax", "torch.Tensor.softmax", "olm_edu.nn.ffn.gated_hidden_dim".
+    A torch function is refused however the learner's code reached it (torch's function mode
+    sees every call); an olm_edu function only when looked up through its module at call time,
+    so forbid the module attribute the library itself calls through. The originals are restored afterwards, even on failure.
     """
     saved = []
     try:
@@ -249,10 +253,12 @@ def _refuse(name: str, reason: str) -> Callable[..., None]:
 
 def _resolve(dotted: str) -> tuple[Any, str]:
     parts = dotted.split(".")
-    if parts[0] != "torch" or len(parts) < 2:
-        raise ValueError(f"forbidden name {dotted!r} must be a dotted path starting with 'torch.'")
-    owner: Any = torch
-    for part in parts[1:-1]:
+    if parts[0] not in ("torch", "olm_edu") or len(parts) < 2:
+        raise ValueError(f"forbidden name {dotted!r} must be a dotted path starting with 'torch.' or 'olm_edu.'")
+    owner: Any = importlib.import_module(parts[0])
+    for index, part in enumerate(parts[1:-1], start=1):
+        if not hasattr(owner, part):  # a submodule not imported yet, e.g. olm_edu.analysis
+            importlib.import_module(".".join(parts[: index + 1]))
         owner = getattr(owner, part)
     if not hasattr(owner, parts[-1]):
         raise ValueError(f"forbidden name {dotted!r} does not exist")

@@ -91,9 +91,23 @@ def test_close_or_diagnose_names_the_mistake_the_answer_matches():
 
 
 def test_forbidden_rejects_names_outside_torch():
-    with pytest.raises(ValueError, match="must be a dotted path starting with 'torch.'"):
+    with pytest.raises(ValueError, match="must be a dotted path starting with 'torch.' or 'olm_edu.'"):
         with forbidden("numpy.exp"):
             pass
+    with pytest.raises(ValueError, match="does not exist"):
+        with forbidden("olm_edu.analysis.no_such_function"):
+            pass
+
+
+def test_forbidden_refuses_library_functions_through_their_module():
+    from olm_edu import analysis
+    from olm_edu.models import preset
+
+    original = analysis.kv_cache_bytes
+    with pytest.raises(CheckFailed, match="your code calls olm_edu.analysis.kv_cache_bytes"):
+        with forbidden("olm_edu.analysis.kv_cache_bytes"):
+            analysis.kv_cache_bytes(preset("gpt2"), 8)
+    assert analysis.kv_cache_bytes is original
 
 
 @exercise("Exercise 9 — double")
