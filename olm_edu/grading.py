@@ -31,6 +31,7 @@ import functools
 import importlib
 import os
 import secrets
+import types
 from typing import Any, Callable, Iterator
 
 import torch
@@ -210,23 +211,45 @@ def forbidden(*names: str, reason: str = "this exercise asks you to write it you
 
     Names are dotted paths from `torch` or `olm_edu`, e.g. "torch.softmax",
     "torch.nn.functional.softmax", "torch.Tensor.softmax", "olm_edu.nn.ffn.gated_hidden_dim".
-    A torch function is refused however the learner's code reached it (torch's function mode
-    sees every call); an olm_edu function only when looked up through its module at call time,
-    so forbid the module attribute the library itself calls through. The originals are restored afterwards, even on failure.
+    Either kind is refused however the learner's code reached it: torch routes every call of a
+    torch function through the active function mode, and an olm_edu function has its code
+    swapped for one that refuses (a name imported early still points at the same function). The originals are restored afterwards, even on failure.
     """
     saved = []
+    swapped = []  # (function, its own code) for olm_edu functions
     try:
         for name in names:
             owner, attribute = _resolve(name)
-            saved.append((owner, attribute, getattr(owner, attribute)))
-            setattr(owner, attribute, _refuse(name, reason))
-        # A name imported before the check ran (`from torch.nn.functional import softmax`) is not
-        # reached by the patch; torch still routes the call through the active function mode.
+            original = getattr(owner, attribute)
+            saved.append((owner, attribute, original))
+            if name.startswith("olm_edu.") and isinstance(original, types.FunctionType) and not original.__closure__:
+                # swap the function's code: every reference to it refuses, however it was imported
+                swapped.append((original, original.__code__))
+                original.__code__ = _refusing_code(f"your code calls {name}, which is not allowed here: {reason}")
+            else:
+                setattr(owner, attribute, _refuse(name, reason))
+        # A torch name imported before the check ran (`from torch.nn.functional import softmax`) is
+        # not reached by the patch; torch still routes the call through the active function mode.
         with _RefuseCalls({id(original): name for name, (_, _, original) in zip(names, saved)}, reason):
             yield
     finally:
+        for function, code in swapped:
+            function.__code__ = code
         for owner, attribute, original in reversed(saved):
             setattr(owner, attribute, original)
+
+
+def _refusing_code(message: str) -> types.CodeType:
+    """The code of a function that raises CheckFailed(message), runnable in any module's globals
+    (the message is a constant of the code, so the function needs no closure)."""
+    namespace: dict[str, Any] = {}
+    exec(
+        "def refuse(*args, **kwargs):\n"
+        "    __tracebackhide__ = True\n"
+        f"    raise __import__('olm_edu.grading', fromlist=['CheckFailed']).CheckFailed({message!r})\n",
+        namespace,
+    )
+    return namespace["refuse"].__code__
 
 
 class _RefuseCalls(TorchFunctionMode):

@@ -99,15 +99,17 @@ def test_forbidden_rejects_names_outside_torch():
             pass
 
 
-def test_forbidden_refuses_library_functions_through_their_module():
+def test_forbidden_refuses_library_functions_however_they_were_imported():
     from olm_edu import analysis
+    from olm_edu.analysis import kv_cache_bytes as imported_early
     from olm_edu.models import preset
 
-    original = analysis.kv_cache_bytes
-    with pytest.raises(CheckFailed, match="your code calls olm_edu.analysis.kv_cache_bytes"):
-        with forbidden("olm_edu.analysis.kv_cache_bytes"):
-            analysis.kv_cache_bytes(preset("gpt2"), 8)
-    assert analysis.kv_cache_bytes is original
+    original, expected = analysis.kv_cache_bytes, analysis.kv_cache_bytes(preset("gpt2"), 8)
+    for call in (lambda: analysis.kv_cache_bytes(preset("gpt2"), 8), lambda: imported_early(preset("gpt2"), 8)):
+        with pytest.raises(CheckFailed, match="your code calls olm_edu.analysis.kv_cache_bytes, which is not allowed"):
+            with forbidden("olm_edu.analysis.kv_cache_bytes"):
+                call()
+    assert analysis.kv_cache_bytes is original and imported_early(preset("gpt2"), 8) == expected
 
 
 @exercise("Exercise 9 — double")
