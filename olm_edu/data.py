@@ -183,13 +183,21 @@ def _read_checked(slug: str, path: Path) -> str:
 def _cleaned_plays(root: Path) -> dict[str, str]:
     """slug -> cleaned text, in sorted slug order; checked once per folder and cached."""
     paths = _play_paths(root)
-    texts = {slug: _read_checked(slug, paths[slug]) for slug in sorted(paths)}  # all checked first
-    return {slug: clean_play(text) for slug, text in texts.items()}
+    for slug in sorted(paths):  # every file checked before any is cleaned
+        _read_checked(slug, paths[slug])
+    return {slug: _cleaned_play(root, slug, paths[slug]) for slug in sorted(paths)}
+
+
+@functools.lru_cache(maxsize=None)
+def _cleaned_play(root: Path, slug: str, path: Path) -> str:
+    """One play, checked and cleaned, cached: `load_play` needs no other play."""
+    return clean_play(_read_checked(slug, path))
 
 
 def clear_cache() -> None:
     """Forget the cleaned corpus, e.g. after repairing the installation."""
     _cleaned_plays.cache_clear()
+    _cleaned_play.cache_clear()
 
 
 # ---------------------------------------------------------------------------
@@ -321,11 +329,12 @@ def play_names() -> list[str]:
 
 
 def load_play(slug: str) -> str:
-    """The cleaned text of one play."""
-    plays = _cleaned_plays(corpus_dir())
-    if slug not in plays:
-        raise ValueError(f"Unknown play slug={slug!r}; valid slugs: {', '.join(plays)}")
-    return plays[slug]
+    """The cleaned text of one play (only that play is read and cleaned)."""
+    root = corpus_dir()
+    paths = _play_paths(root)
+    if slug not in paths:
+        raise ValueError(f"Unknown play slug={slug!r}; valid slugs: {', '.join(sorted(paths))}")
+    return _cleaned_play(root, slug, paths[slug])
 
 
 def shakespeare(split: str = "train") -> str:
