@@ -213,7 +213,8 @@ def forbidden(*names: str, reason: str = "this exercise asks you to write it you
     "torch.nn.functional.softmax", "torch.Tensor.softmax", "olm_edu.nn.ffn.gated_hidden_dim".
     Either kind is refused however the learner's code reached it: torch routes every call of a
     torch function through the active function mode, and an olm_edu function has its code
-    swapped for one that refuses (a name imported early still points at the same function). The originals are restored afterwards, even on failure.
+    swapped for one that refuses (a name imported early still points at the same function).
+    The originals are restored afterwards, even on failure.
     """
     saved = []
     swapped = []  # (function, its own code) for olm_edu functions

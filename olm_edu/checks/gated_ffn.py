@@ -29,8 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import olm_edu.nn
-import olm_edu.nn.ffn
 from olm_edu.grading import Check, exercise
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -253,41 +251,17 @@ HIDDEN_WIDTH_CASES = [
 ]
 
 
-def _refuse_library(check: Check, fn: Callable) -> list[tuple[dict, str, object]]:
-    """Replace olm_edu's gated_hidden_dim wherever the learner could reach it; return what to restore."""
-    library = olm_edu.nn.ffn.gated_hidden_dim
-    if fn is library or (getattr(fn, "__module__", None) or "").startswith("olm_edu."):
-        check.fail("you passed the library's olm_edu.nn.gated_hidden_dim; this exercise asks you to write the rule "
-                   "yourself (the lesson compares the two afterwards)")
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("this exercise asks you to write the rule yourself, without olm_edu.nn.gated_hidden_dim")
-
-    places = [vars(olm_edu.nn.ffn), vars(olm_edu.nn)] + [getattr(fn, "__globals__", {})]
-    saved = []
-    for namespace in places:
-        for name, value in list(namespace.items()):
-            if value is library:
-                saved.append((namespace, name, value))
-                namespace[name] = refuse
-    return saved
-
-
 @exercise("Exercise 3 — the gated width")
 def gated_hidden_dim(check: Check, fn: Callable[..., int]) -> None:
     """gated_hidden_dim(embed_dim, multiple_of=256, ffn_dim_multiplier=None) -> int, Llama's rule."""
+    check.forbid("olm_edu.nn.gated_hidden_dim",
+                 reason="Exercise 3 asks you to write Llama's rule yourself (the lesson compares the two afterwards)")
     cases = WIDTH_CASES + (HIDDEN_WIDTH_CASES if check.hidden else [])
-    saved = _refuse_library(check, fn)
-    try:
-        answers = []
-        for what, embed_dim, multiple_of, multiplier in cases:
-            call = f"gated_hidden_dim({embed_dim}, multiple_of={multiple_of}, ffn_dim_multiplier={multiplier})"
-            got = check.call(fn, embed_dim, multiple_of=multiple_of, ffn_dim_multiplier=multiplier, what=call)
-            answers.append(got)
-        defaults = check.call(fn, 4096, what="gated_hidden_dim(4096) with the default multiple_of and ffn_dim_multiplier")
-    finally:
-        for namespace, name, value in saved:
-            namespace[name] = value
+    answers = []
+    for what, embed_dim, multiple_of, multiplier in cases:
+        call = f"gated_hidden_dim({embed_dim}, multiple_of={multiple_of}, ffn_dim_multiplier={multiplier})"
+        answers.append(check.call(fn, embed_dim, multiple_of=multiple_of, ffn_dim_multiplier=multiplier, what=call))
+    defaults = check.call(fn, 4096, what="gated_hidden_dim(4096) with the default multiple_of and ffn_dim_multiplier")
 
     for (what, embed_dim, multiple_of, multiplier), got in zip(cases, answers):
         if not isinstance(got, int) or isinstance(got, bool):

@@ -17,15 +17,13 @@ order or softmax formulation); cache sizes exact.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import types
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from olm_edu import analysis
-from olm_edu.grading import Check, CheckFailed, exercise
+from olm_edu.grading import Check, exercise
 from olm_edu.models import ModelConfig, preset
 
 _REPEAT_INTERLEAVE = ("torch.repeat_interleave", "torch.Tensor.repeat_interleave")
@@ -162,33 +160,6 @@ def grouped_query_attention(check: Check, fn: Callable[..., torch.Tensor]) -> No
 
 # -- Exercise 3: KV-cache bytes ----------------------------------------------------------------
 
-_LIBRARY = {"kv_cache_bytes": analysis.kv_cache_bytes, "cache_width": analysis.cache_width}
-
-
-def _global_names(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            yield from _global_names(constant)
-
-
-@contextlib.contextmanager
-def _library_refused() -> Iterator[None]:
-    """olm_edu.analysis.kv_cache_bytes / cache_width raise while the learner's function runs."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise CheckFailed("your code calls olm_edu.analysis, which is not allowed here: write the formula yourself")
-
-    saved = {name: getattr(analysis, name) for name in _LIBRARY}
-    try:
-        for name in _LIBRARY:
-            setattr(analysis, name, refuse)
-        yield
-    finally:
-        for name, original in saved.items():
-            setattr(analysis, name, original)
-
-
 def _cache_terms(cfg: ModelConfig, seq_len: int, bytes_per_number: int, batch_size: int) -> dict[str, int]:
     return {"two": 2, "layers": cfg.num_layers, "kv_width": cfg.kv_heads * cfg.head_size, "tokens": seq_len,
             "batch": batch_size, "bytes": bytes_per_number}
@@ -246,10 +217,8 @@ def _describe(cfg: ModelConfig) -> str:
 
 @exercise("Exercise 3 — KV-cache bytes")
 def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
-    uses = [name for name in _global_names(fn.__code__) if fn.__globals__.get(name) in _LIBRARY.values()]
-    if uses:
-        check.fail(f"your function calls {uses[0]} from olm_edu.analysis, which is not allowed here: write the "
-                   "formula yourself (you compare with the library right after)")
+    check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width",
+                 reason="Exercise 3 asks you to write the formula yourself (you compare with the library right after)")
     custom = ModelConfig(vocab_size=100, max_seq_len=64, embed_dim=48, num_layers=int(check.randint(2, 9, 1)),
                          num_heads=6, num_kv_heads=2, head_dim=20, hidden_dim=64, name="a custom config")
     cases = [(preset("Llama-3.1-8B"), 131072, 2, 1), (preset("gpt2"), 1024, 4, 1), (preset("Qwen3-0.6B"), 8192, 2, 1),
@@ -261,10 +230,9 @@ def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
     for cfg, seq_len, bytes_per_number, batch_size in cases:
         what = (f"kv_cache_size({_describe(cfg)}, seq_len={seq_len}, bytes_per_number={bytes_per_number}, "
                 f"batch_size={batch_size})")
-        with _library_refused():
-            got = check.call(fn, cfg, seq_len, bytes_per_number, batch_size, what=what,
-                             hint="cfg.num_kv_heads is None in a model without GQA (GPT-2); cfg.kv_heads and "
-                                  "cfg.head_size give the numbers whatever the config says")
+        got = check.call(fn, cfg, seq_len, bytes_per_number, batch_size, what=what,
+                         hint="cfg.num_kv_heads is None in a model without GQA (GPT-2); cfg.kv_heads and "
+                              "cfg.head_size give the numbers whatever the config says")
         expected = analysis.kv_cache_bytes(cfg, seq_len, dtypes[bytes_per_number], batch_size)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()

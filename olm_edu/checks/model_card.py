@@ -7,7 +7,7 @@ References: `olm_edu.analysis` on the published presets and on random configs, e
 - Exercise 2: `weight_bytes(cfg, weight_dtype) + kv_cache_bytes(cfg, seq_len, cache_dtype, batch_size)`;
 - Exercise 3: `flops_per_token(cfg, seq_len)["forward"]`.
 While the learner's function runs, the library functions the exercise asks them to write raise
-(their code objects are swapped for a refusal, so the refusal holds however they were imported).
+(`Check.forbid`: their code objects are swapped for a refusal, so it holds however they were imported).
 
 When an answer is wrong, the check recomputes the usual mistakes, alone and two at a time, and
 names the one the answer matches:
@@ -31,11 +31,10 @@ Tolerances: none; every answer is a whole number and must be exact.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import numbers
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -47,34 +46,6 @@ GB, GIB = 1e9, 2**30
 
 
 # -- shared helpers ---------------------------------------------------------------------------
-
-
-def _refusing_code(message: str):
-    """The code object of a function that raises CheckFailed(message), runnable in any module's globals."""
-    namespace: dict[str, Any] = {}
-    exec(  # the message is a constant of the code, so the swapped function needs no closure
-        "def refuse(*args, **kwargs):\n"
-        f"    raise __import__('olm_edu.grading', fromlist=['CheckFailed']).CheckFailed({message!r})\n",
-        namespace,
-    )
-    return namespace["refuse"].__code__
-
-
-@contextlib.contextmanager
-def _refused(names: tuple[str, ...], why: str) -> Iterator[None]:
-    """While the block runs, the named olm_edu.analysis functions raise CheckFailed, however the
-    learner imported them (their code is swapped, not the module attribute)."""
-    functions = [getattr(analysis, name) for name in names]
-    saved = [function.__code__ for function in functions]
-    try:
-        for name, function in zip(names, functions):
-            public = name.lstrip("_")
-            function.__code__ = _refusing_code(
-                f"your code calls olm_edu.analysis.{public}, which is not allowed here: {why}")
-        yield
-    finally:
-        for function, code in zip(functions, saved):
-            function.__code__ = code
 
 
 def _whole_number(check: Check, got: Any, what: str) -> int:
@@ -207,20 +178,21 @@ def _random_moe(check: Check) -> ModelConfig:
     )  # fmt: skip
 
 
-_FFN_LIBRARY = ("count_params", "flops_per_token", "_ffn_params", "_dense_ffn_params")
+_FFN_LIBRARY = tuple(f"olm_edu.analysis.{name}" for name in ("count_params", "flops_per_token", "_ffn_params",
+                                                              "_dense_ffn_params"))
 
 
 @exercise("Exercise 1 — the feed-forward of a mixture of experts")
 def moe_ffn_params(check: Check, fn: Callable[[ModelConfig], tuple[int, int]]) -> None:
+    check.forbid(*_FFN_LIBRARY, reason="Exercise 1 asks you to count the feed-forward from the config's knobs")
     cases = [preset(name) for name in ("Mixtral-8x7B-v0.1", "Qwen3-30B-A3B", "DeepSeek-V3", "DeepSeek-V2-Lite",
                                        "Llama-3.1-8B")]
     if check.hidden:
         cases += [_random_moe(check) for _ in range(4)] + [preset("Qwen3-0.6B")]
     for cfg in cases:
         what = f"moe_ffn_params({_describe_moe(cfg)})"
-        with _refused(_FFN_LIBRARY, "Exercise 1 asks you to count the feed-forward from the config's knobs"):
-            got = check.call(fn, cfg, what=what, hint="cfg.is_moe_layer(i), cfg.num_experts, cfg.experts_per_token, "
-                                                      "cfg.expert_width, cfg.num_shared_experts")
+        got = check.call(fn, cfg, what=what, hint="cfg.is_moe_layer(i), cfg.num_experts, cfg.experts_per_token, "
+                                                  "cfg.expert_width, cfg.num_shared_experts")
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             check.fail(f"{what}: expected a pair (total, used), got {type(got).__name__} {got!r}")
         total, used = (_whole_number(check, value, f"{what}[{i}]") for i, value in enumerate(got))
@@ -297,6 +269,9 @@ def _odd_config() -> ModelConfig:
 
 @exercise("Exercise 2 — the memory to serve a model")
 def serving_memory(check: Check, fn: Callable[..., int]) -> None:
+    # only weight_bytes: count_params and kv_cache_bytes (and the helpers they call) are allowed
+    check.forbid("olm_edu.analysis.weight_bytes",
+                 reason="Exercise 2 asks you to turn the parameter count into bytes yourself")
     odd = _odd_config()
     cases = [("Llama-3.1-8B", "bf16", 8192, 1, "bf16"), ("Mixtral-8x7B-v0.1", "int4", 32768, 4, "fp8"),
              ("DeepSeek-V3", "fp8", 131072, 1, "bf16"), ("gemma-2-9b", "fp8", 8192, 8, "fp8"),
@@ -309,9 +284,8 @@ def serving_memory(check: Check, fn: Callable[..., int]) -> None:
         cfg = preset(name) if isinstance(name, str) else name
         what = (f"serving_memory({cfg.name}, weight_dtype={weight_dtype!r}, seq_len={seq_len}, batch_size={batch_size}, "
                 f"cache_dtype={cache_dtype!r})")
-        with _refused(("weight_bytes",), "Exercise 2 asks you to turn the parameter count into bytes yourself"):
-            got = check.call(fn, cfg, weight_dtype, seq_len, batch_size, cache_dtype, what=what,
-                             hint="count_params(cfg).total, DTYPE_BITS[weight_dtype] and kv_cache_bytes may be used")
+        got = check.call(fn, cfg, weight_dtype, seq_len, batch_size, cache_dtype, what=what,
+                         hint="count_params(cfg).total, DTYPE_BITS[weight_dtype] and kv_cache_bytes may be used")
         expected = analysis.weight_bytes(cfg, weight_dtype) + analysis.kv_cache_bytes(cfg, seq_len, cache_dtype, batch_size)
         terms = _memory_terms(cfg, weight_dtype, seq_len, batch_size, cache_dtype)
         if isinstance(got, numbers.Real) and not isinstance(got, (bool, numbers.Integral)):
@@ -423,12 +397,13 @@ def _random_dense(check: Check) -> ModelConfig:
     )  # fmt: skip
 
 
-_FLOPS_LIBRARY = ("flops_per_token", "count_params", "_attention_params", "_ffn_params", "_dense_ffn_params",
-                  "_tokens_seen")
+_FLOPS_LIBRARY = tuple(f"olm_edu.analysis.{name}" for name in ("flops_per_token", "count_params", "_attention_params",
+                                                                "_ffn_params", "_dense_ffn_params", "_tokens_seen"))
 
 
 @exercise("Exercise 3 — forward FLOPs per token")
 def forward_flops(check: Check, fn: Callable[[ModelConfig, int], int]) -> None:
+    check.forbid(*_FLOPS_LIBRARY, reason="Exercise 3 asks you to add up the FLOPs yourself")
     windowed = ModelConfig(vocab_size=97, max_seq_len=64, embed_dim=32, num_layers=4, num_heads=4, num_kv_heads=2,
                            head_dim=12, hidden_dim=48, norm="rmsnorm", norm_bias=False, position="rope",
                            sliding_window=6, layer_types=("sliding_attention", "full_attention") * 2,
@@ -441,9 +416,8 @@ def forward_flops(check: Check, fn: Callable[[ModelConfig, int], int]) -> None:
     for name, seq_len in cases:
         cfg = preset(name) if isinstance(name, str) else name
         what = f"forward_flops({_describe_dense(cfg)}, seq_len={seq_len})"
-        with _refused(_FLOPS_LIBRARY, "Exercise 3 asks you to add up the FLOPs yourself"):
-            got = check.call(fn, cfg, seq_len, what=what, hint="cfg.layer_type(i), cfg.sliding_window, cfg.kv_heads and "
-                                                               "cfg.head_size give the numbers")
+        got = check.call(fn, cfg, seq_len, what=what, hint="cfg.layer_type(i), cfg.sliding_window, cfg.kv_heads and "
+                                                           "cfg.head_size give the numbers")
         got = _whole_number(check, got, what)
         expected = analysis.flops_per_token(cfg, seq_len)["forward"]
         mistakes = _slips(_flops_terms(cfg, seq_len), _flops_slips(cfg, seq_len), lambda t: _flops_from_terms(cfg, t))

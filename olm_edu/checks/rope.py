@@ -10,20 +10,18 @@ queries/keys atol=2e-4, rtol=1e-4 (angles up to a few hundred radians computed i
 off by about 1e-5 rad); permuted weights exactly (a permutation only moves numbers); Llama 3
 frequencies rtol=1e-5, atol=0 (the smallest frequencies are about 1e-7).
 
-While the learner's code runs, the library's RoPE functions, reached through the module (as the
-lesson imports it: `olm_positions.apply_rotary`), fail the check; `grading.forbid` covers torch
-names only. A library function imported by name before the check runs is not caught.
+While the learner's code runs, the library's RoPE functions fail the check (`Check.forbid`: a
+function's code is swapped for a refusal, so it is refused however the learner imported it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 
-from olm_edu.grading import Check, CheckFailed, exercise
+from olm_edu.grading import Check, exercise
 from olm_edu.nn import positions as library
 
 FREQUENCY_RTOL = 1e-5
@@ -31,42 +29,17 @@ ROTATION_ATOL, ROTATION_RTOL = 2e-4, 1e-4
 
 
 # The library functions a learner's answer may not call (they are what the exercises write).
-_LIBRARY = ("rope_parameters", "RotaryEmbedding", "apply_rotary", "rotate_half", "rotate_interleaved",
-            "interleaved_to_half_permutation", "half_to_interleaved_permutation")
-_ORIGINALS = {name: getattr(library, name) for name in _LIBRARY}
+_LIBRARY = tuple(f"olm_edu.nn.positions.{name}" for name in (
+    "rope_parameters", "RotaryEmbedding", "apply_rotary", "rotate_half", "rotate_interleaved",
+    "interleaved_to_half_permutation", "half_to_interleaved_permutation"))
+
+
+def _forbid_library(check: Check, exercise_name: str) -> None:
+    check.forbid(*_LIBRARY, reason=f"{exercise_name} asks you to write it yourself")
 
 
 def _default_frequencies(head_dim: int, base: float) -> torch.Tensor:
-    return _ORIGINALS["rope_parameters"](head_dim, float(base), None, 2048)[0]
-
-
-@contextlib.contextmanager
-def _library_refused(exercise_name: str) -> Iterator[None]:
-    """While the block runs, calling olm_edu.nn.positions.<name> fails the check (restored afterwards)."""
-
-    def refuse(name: str) -> Callable[..., None]:
-        def refused(*args: Any, **kwargs: Any) -> None:
-            raise CheckFailed(f"your code calls olm_edu.nn.positions.{name}, which is not allowed here: "
-                              f"{exercise_name} asks you to write it yourself")
-        return refused
-
-    try:
-        for name in _LIBRARY:
-            setattr(library, name, refuse(name))
-        yield
-    finally:
-        for name, original in _ORIGINALS.items():
-            setattr(library, name, original)
-
-
-def _call(check: Check, fn: Callable, *args: Any, what: str, exercise_name: str, hint: str = "") -> Any:
-    """check.call with the library's RoPE functions refused."""
-    __tracebackhide__ = True
-    for name, original in _ORIGINALS.items():
-        if fn is original:
-            check.fail(f"you handed in olm_edu.nn.positions.{name} itself; {exercise_name} asks you to write it")
-    with _library_refused(exercise_name):
-        return check.call(fn, *args, what=what, hint=hint)
+    return library.rope_parameters(head_dim, float(base), None, 2048)[0]
 
 
 # -- Exercise 1: the frequencies ------------------------------------------------------------------
@@ -91,12 +64,13 @@ def _frequency_mistakes(head_dim: int, base: float) -> dict[str, torch.Tensor]:
 
 @exercise("Exercise 1 — the RoPE frequencies")
 def rope_frequencies(check: Check, fn: Callable[..., torch.Tensor]) -> None:
+    _forbid_library(check, "Exercise 1")
     cases = [(8, 10000.0), (64, 10000.0), (128, 500000.0)]
     if check.hidden:
         cases += [(2, 10000.0), (96, 1_000_000.0), (16, 10), (256, 10000.0)]
     for head_dim, base in cases:
         what = f"rope_frequencies({head_dim}, base={base:g})"
-        got = _call(check, fn, head_dim, base, what=what, exercise_name="Exercise 1")
+        got = check.call(fn, head_dim, base, what=what)
         if not isinstance(got, torch.Tensor):
             check.fail(f"{what} should return a tensor, got {type(got).__name__}")
         if tuple(got.shape) == (head_dim,) and head_dim > 2:
@@ -212,8 +186,7 @@ def _check_rotation(check: Check, fn: Callable, layout: str, name: str) -> None:
         x = check.randn(*shape)
         original = x.clone()
         what = f"{name}(x of shape {shape}, positions={positions.tolist()}, inv_freq of shape ({inv_freq.numel()},))"
-        got = _call(check, fn, x, positions.clone(), inv_freq.clone(), what=what, hint=hint_shapes,
-                    exercise_name=f"Exercise {2 if layout == 'half' else 3}")
+        got = check.call(fn, x, positions.clone(), inv_freq.clone(), what=what, hint=hint_shapes)
         check.expect(torch.equal(x, original), f"{what} changed x in place; return a new tensor")
         if isinstance(got, torch.Tensor) and got.dtype != x.dtype:
             check.fail(f"{what} returned dtype {got.dtype}; return x's dtype ({x.dtype}). Hint: .type_as(x)")
@@ -226,10 +199,11 @@ def _check_rotation(check: Check, fn: Callable, layout: str, name: str) -> None:
 
 @exercise("Exercise 2 — RoPE in the rotate_half layout")
 def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> None:
+    _forbid_library(check, "Exercise 2")
     for d in (2, 4, 8) + ((16,) if check.hidden else ()):
         x = torch.arange(1.0, d + 1).repeat(2, 1)  # (2, d): 1 .. d
         what = f"rotate_half({x[0].tolist()})"
-        got = _call(check, rotate_half_fn, x.clone(), what=what, exercise_name="Exercise 2")
+        got = check.call(rotate_half_fn, x.clone(), what=what)
         first, second = x.chunk(2, -1)
         check.close_or_diagnose(got, torch.cat((-second, first), -1), {
             "you returned [x2, -x1]: that turns each pair by -90 degrees (the wrong way). rotate_half(x) is "
@@ -245,6 +219,7 @@ def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> No
 
 @exercise("Exercise 3 — RoPE in the interleaved layout")
 def apply_rope_interleaved(check: Check, apply_fn: Callable) -> None:
+    _forbid_library(check, "Exercise 3")
     _check_rotation(check, apply_fn, "interleaved", "apply_rope_interleaved")
 
 
@@ -257,6 +232,7 @@ def _permute(weight: torch.Tensor, order: torch.Tensor, num_heads: int) -> torch
 
 @exercise("Exercise 4 — convert q/k weights from interleaved to rotate_half")
 def interleaved_to_half(check: Check, fn: Callable) -> None:
+    _forbid_library(check, "Exercise 4")
     cases = [(1, 8, 5), (3, 8, 6), (4, 16, 24)]
     if check.hidden:
         cases += [(2, 2, 3), (8, 64, 16), (5, 6, 7)]
@@ -265,7 +241,7 @@ def interleaved_to_half(check: Check, fn: Callable) -> None:
         original = weight.clone()
         what = (f"interleaved_to_half(weight of shape ({num_heads * head_dim}, {embed_dim}), "
                 f"num_heads={num_heads}) (head_dim={head_dim})")
-        got = _call(check, fn, weight, num_heads, what=what, exercise_name="Exercise 4")
+        got = check.call(fn, weight, num_heads, what=what)
         check.expect(torch.equal(weight, original), f"{what} changed the weight in place; return a new tensor")
         to_half = library.interleaved_to_half_permutation(head_dim)
         mistakes = {
@@ -327,6 +303,7 @@ def _llama3_reference_f64(f: torch.Tensor, factor: float, low: float, high: floa
 
 @exercise("Exercise 5 — Llama 3 frequency scaling")
 def llama3_frequencies(check: Check, fn: Callable) -> None:
+    _forbid_library(check, "Exercise 5")
     # (head_dim, theta, factor, low_freq_factor, high_freq_factor, original_max_len)
     cases = [(128, 500000.0, 8.0, 1.0, 4.0, 8192), (64, 500000.0, 32.0, 1.0, 4.0, 8192),
              (64, 10000.0, 4.0, 2.0, 8.0, 1024)]
@@ -341,7 +318,7 @@ def llama3_frequencies(check: Check, fn: Callable) -> None:
         what = (f"llama3_frequencies(inv_freq of head_dim={head_dim}, base={theta:g}; factor={factor:g}, "
                 f"low_freq_factor={low:g}, high_freq_factor={high:g}, original_max_len={original})")
         given = inv_freq.clone()
-        got = _call(check, fn, given, factor, low, high, original, what=what, exercise_name="Exercise 5")
+        got = check.call(fn, given, factor, low, high, original, what=what)
         check.expect(torch.equal(given, inv_freq), f"{what} changed inv_freq in place; return a new tensor")
         check.close_or_diagnose(got, expected, _llama3_mistakes(inv_freq, factor, low, high, original),
                                 what=what, atol=0.0, rtol=FREQUENCY_RTOL,

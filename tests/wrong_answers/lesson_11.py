@@ -79,12 +79,12 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
                                                              "        hidden = int(ffn_dim_multiplier * hidden)\n", ""),
              "you ignored ffn_dim_multiplier"),
             (_width(end="multiple_of * math.ceil(hidden / multiple_of) * 1.0"), "return an int"),
-            ("from olm_edu.nn import gated_hidden_dim\n", "the library's olm_edu.nn.gated_hidden_dim"),
+            ("from olm_edu.nn import gated_hidden_dim\n", "calls olm_edu.nn.gated_hidden_dim, which is not allowed"),
             (
                 "from olm_edu.nn import gated_hidden_dim as library_rule\n\n"
                 "def gated_hidden_dim(embed_dim, multiple_of=256, ffn_dim_multiplier=None):\n"
                 "    return library_rule(embed_dim, multiple_of, ffn_dim_multiplier)\n",
-                "without olm_edu.nn.gated_hidden_dim",
+                "calls olm_edu.nn.gated_hidden_dim, which is not allowed here: Exercise 3 asks you to write Llama's rule",
             ),
             (
                 "import math\n\n"

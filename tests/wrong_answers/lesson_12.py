@@ -70,7 +70,7 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
              "you forgot the factor 2: every layer caches a key AND a value vector per KV head and token; and you "
              "used num_heads * head_size"),
             ("from olm_edu.analysis import kv_cache_bytes\n\n\n" + _cache("kv_cache_bytes(cfg, seq_len, 'bf16', batch_size)"),
-             "calls kv_cache_bytes from olm_edu.analysis"),
+             "calls olm_edu.analysis.kv_cache_bytes, which is not allowed here: Exercise 3 asks you to write"),
         ],
     },
 }
