@@ -10,9 +10,9 @@ LAB_ARGS ?=
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab --ServerApp.root_dir=lessons $(LAB_ARGS)
 
-# Two workers (pytest-xdist); each notebook's cells stay together (see conftest.py).
-# `make test TEST_ARGS=` runs serially; `make test TEST_ARGS="-n 2 -k rope"` picks tests.
-TEST_ARGS ?= -n 2 --dist loadgroup
+# Two workers (pytest-xdist); each file stays on one worker, lesson tests are spread (conftest.py).
+# `make test TEST_ARGS=` runs serially; `make test TEST_ARGS="-k rope"` picks tests (serially).
+TEST_ARGS ?= -n 2 --dist loadscope
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(TEST_ARGS)
 
