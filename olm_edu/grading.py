@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
+import numbers
 import os
 import secrets
 import types
@@ -136,6 +138,35 @@ class Check:
                 f"got {got64[index].item():.6g} (max abs error {error.max().item():.3g}, "
                 f"tolerance atol={atol:g}, rtol={rtol:g})" + _hint(hint)
             )
+        self.passed += 1
+
+    def whole_number(self, got: Any, *, what: str) -> int:
+        """`got` as an int: a Python int, a float with no fractional part, or a one-element tensor
+        holding one; otherwise a failure that says what came back."""
+        __tracebackhide__ = True
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):
+            self.fail(f"{what}: expected a whole number (an int), got {type(got).__name__} {got!r}")
+        if isinstance(got, numbers.Integral):
+            return int(got)
+        if not math.isfinite(got) or not float(got).is_integer():
+            self.fail(f"{what}: expected a whole number (an int), got {got!r}")
+        return int(got)
+
+    def count(self, got: Any, expected: int, mistakes: dict[str, int], *, what: str, hint: str = "") -> None:
+        """An exact count (bytes, parameters, FLOPs): `got` must be the whole number `expected`.
+
+        When it is not, the first mistake in `mistakes` ({message: the number that mistake gives})
+        whose number equals `got` is named; otherwise the hint is given.
+        """
+        __tracebackhide__ = True
+        got = self.whole_number(got, what=what)
+        if got != expected:
+            for message, wrong in mistakes.items():
+                if wrong != expected and got == wrong:
+                    self.fail(f"{what}: expected {expected:,}, got {got:,}: {message}")
+            self.fail(f"{what}: expected {expected:,}, got {got:,}" + _hint(hint))
         self.passed += 1
 
     def close_or_diagnose(

@@ -127,17 +127,8 @@ def mla_cache_bytes(check: Check, fn: Callable[..., int]) -> None:
                 f"bytes_per_number={bytes_per_number}, batch_size={batch_size})")
         got = check.call(fn, cfg, seq_len, bytes_per_number, batch_size, what=what)
         expected = analysis.kv_cache_bytes(cfg, seq_len, dtypes[bytes_per_number], batch_size)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool):
-            check.fail(f"{what}: expected a number of bytes (an int), got {type(got).__name__}")
-        if got != expected:
-            for message, wrong in _mla_cache_mistakes(cfg, seq_len, bytes_per_number, batch_size).items():
-                if wrong != expected and got == wrong:
-                    check.fail(f"{what}: {message}")
-            check.fail(f"{what}: expected {expected:,} bytes, got {got:,}. Hint: num_layers * (kv_latent_dim + "
-                       "rope_head_dim) * seq_len * batch_size * bytes_per_number")
-        check.passed += 1
+        check.count(got, expected, _mla_cache_mistakes(cfg, seq_len, bytes_per_number, batch_size), what=what,
+                    hint="num_layers * (kv_latent_dim + rope_head_dim) * seq_len * batch_size * bytes_per_number")
 
 
 # -- Exercise 2: attention from the latent, with decoupled RoPE -----------------------------------

@@ -234,15 +234,6 @@ def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
                          hint="cfg.num_kv_heads is None in a model without GQA (GPT-2); cfg.kv_heads and "
                               "cfg.head_size give the numbers whatever the config says")
         expected = analysis.kv_cache_bytes(cfg, seq_len, dtypes[bytes_per_number], batch_size)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool):
-            check.fail(f"{what}: expected a number of bytes (an int), got {type(got).__name__}")
-        if got != expected:
-            for message, wrong in _cache_mistakes(cfg, seq_len, bytes_per_number, batch_size).items():
-                if wrong != expected and got == wrong:
-                    check.fail(f"{what}: {message}")
-            check.fail(f"{what}: expected {expected:,} bytes, got {got:,}. Hint: 2 (K and V) * num_layers * "
-                       "kv_heads * head_size * seq_len * batch_size * bytes_per_number")
-        check.passed += 1
+        check.count(got, expected, _cache_mistakes(cfg, seq_len, bytes_per_number, batch_size), what=what,
+                    hint="2 (K and V) * num_layers * kv_heads * head_size * seq_len * batch_size * bytes_per_number")
 

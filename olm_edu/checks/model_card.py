@@ -32,11 +32,8 @@ Tolerances: none; every answer is a whole number and must be exact.
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 from typing import Any, Callable
-
-import torch
 
 from olm_edu import analysis
 from olm_edu.grading import Check, exercise
@@ -46,20 +43,6 @@ GB, GIB = 1e9, 2**30
 
 
 # -- shared helpers ---------------------------------------------------------------------------
-
-
-def _whole_number(check: Check, got: Any, what: str) -> int:
-    """`got` as an int, or a failure that says what came back."""
-    __tracebackhide__ = True
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, numbers.Real):
-        check.fail(f"{what}: expected a whole number (an int), got {type(got).__name__} {got!r}")
-    if isinstance(got, numbers.Integral):
-        return int(got)
-    if not math.isfinite(got) or not float(got).is_integer():
-        check.fail(f"{what}: expected a whole number (an int), got {got!r}")
-    return int(got)
 
 
 def _slips(terms: dict[str, Any], slips: dict[str, tuple[str, Any]], compute: Callable[[dict[str, Any]], Any],
@@ -75,17 +58,6 @@ def _slips(terms: dict[str, Any], slips: dict[str, tuple[str, Any]], compute: Ca
             if len(changed) == size:  # two slips on one term cannot both happen
                 mistakes.setdefault("; and ".join(message for message, _ in combination), compute({**terms, **changed}))
     return mistakes
-
-
-def _compare(check: Check, got: int, expected: int, mistakes: dict[str, int], what: str, hint: str) -> None:
-    """Equal, or a failure naming the first mistake that gives `got`, or a hint."""
-    __tracebackhide__ = True
-    if got != expected:
-        for message, wrong in mistakes.items():
-            if wrong != expected and got == wrong:
-                check.fail(f"{what}: expected {expected:,}, got {got:,}: {message}")
-        check.fail(f"{what}: expected {expected:,}, got {got:,}. Hint: {hint}")
-    check.passed += 1
 
 
 def _pick(check: Check, options: list) -> Any:
@@ -195,19 +167,19 @@ def moe_ffn_params(check: Check, fn: Callable[[ModelConfig], tuple[int, int]]) -
                                                   "cfg.expert_width, cfg.num_shared_experts")
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             check.fail(f"{what}: expected a pair (total, used), got {type(got).__name__} {got!r}")
-        total, used = (_whole_number(check, value, f"{what}[{i}]") for i, value in enumerate(got))
+        total, used = (check.whole_number(value, what=f"{what}[{i}]") for i, value in enumerate(got))
         expected_total, expected_used = _library_ffn(cfg)
         terms = _ffn_terms(cfg)
         total_mistakes = _slips(terms, _ffn_slips(cfg, for_used=False), lambda t: _ffn_from_terms(cfg, t)[0])
-        _compare(check, total, expected_total, total_mistakes, f"{what}, the total (first value)",
-                 "per MoE layer: router (num_experts * embed_dim) + shared experts + num_experts experts, each "
-                 "3 * embed_dim * expert_width; per dense layer: 3 * embed_dim * hidden_dim")
+        check.count(total, expected_total, total_mistakes, what=f"{what}, the total (first value)",
+                    hint="per MoE layer: router (num_experts * embed_dim) + shared experts + num_experts experts, each "
+                    "3 * embed_dim * expert_width; per dense layer: 3 * embed_dim * hidden_dim")
         # what a token uses, among the mistakes that leave the (correct) total as it is
         both = _slips(terms, _ffn_slips(cfg, for_used=True), lambda t: _ffn_from_terms(cfg, t))
         used_mistakes = {message: pair[1] for message, pair in both.items() if pair[0] == total}
-        _compare(check, used, expected_used, used_mistakes, f"{what}, the part one token uses (second value)",
-                 "per MoE layer a token uses the router, the shared experts and experts_per_token experts; "
-                 "dense layers are used whole")
+        check.count(used, expected_used, used_mistakes, what=f"{what}, the part one token uses (second value)",
+                    hint="per MoE layer a token uses the router, the shared experts and experts_per_token experts; "
+                    "dense layers are used whole")
 
 
 # -- Exercise 2: the memory to serve a model ----------------------------------------------------
@@ -295,12 +267,11 @@ def serving_memory(check: Check, fn: Callable[..., int]) -> None:
             if got == exact and not float(got).is_integer():
                 check.fail(f"{what}: got {got!r}: an odd number of 4-bit values leaves half a byte, but memory comes in "
                            "whole bytes: round the weights' bytes up (-(-n // 8), or math.ceil) and return an int")
-        got = _whole_number(check, got, what)
         mistakes = _slips(terms, _memory_slips(cfg, weight_dtype, batch_size, cache_dtype),
                           lambda t: _memory_from_terms(cfg, seq_len, t))
-        _compare(check, got, expected, mistakes, what,
-                 "bytes of the weights = ceil(total parameters * bits / 8); plus kv_cache_bytes(cfg, seq_len, "
-                 "cache_dtype, batch_size)")
+        check.count(got, expected, mistakes, what=what,
+                    hint="bytes of the weights = ceil(total parameters * bits / 8); plus kv_cache_bytes(cfg, seq_len, "
+                    "cache_dtype, batch_size)")
 
 
 # -- Exercise 3: forward FLOPs per token ---------------------------------------------------------
@@ -341,8 +312,8 @@ def _flops_slips(cfg: ModelConfig, seq_len: int) -> dict[str, tuple[str, int]]:
         "by num_layers": ("weight_layers", 1),
         "you counted only one of k_proj and v_proj: a layer has both, 2 * embed_dim * num_kv_heads * head_size "
         "weights": ("kv_matrices", 1),
-        f"the embedding lookup is not a matmul (it copies a row, no arithmetic): count the vocab_size x embed_dim "
-        f"matrix once, for the head": ("lookup", vocab * d),
+        "the embedding lookup is not a matmul (it copies a row, no arithmetic): count the vocab_size x embed_dim "
+        "matrix once, for the head": ("lookup", vocab * d),
     }
     if cfg.tie_embeddings:
         slips["you left out the head because it is tied to the embedding: tying shares the WEIGHTS, not the work; "
@@ -418,9 +389,8 @@ def forward_flops(check: Check, fn: Callable[[ModelConfig, int], int]) -> None:
         what = f"forward_flops({_describe_dense(cfg)}, seq_len={seq_len})"
         got = check.call(fn, cfg, seq_len, what=what, hint="cfg.layer_type(i), cfg.sliding_window, cfg.kv_heads and "
                                                            "cfg.head_size give the numbers")
-        got = _whole_number(check, got, what)
         expected = analysis.flops_per_token(cfg, seq_len)["forward"]
         mistakes = _slips(_flops_terms(cfg, seq_len), _flops_slips(cfg, seq_len), lambda t: _flops_from_terms(cfg, t))
-        _compare(check, got, expected, mistakes, what,
-                 "2 * (num_layers * (q, k, v, o and feed-forward weights) + vocab_size * embed_dim) + 4 * num_heads * "
-                 "head_size * (keys seen, summed over layers)")
+        check.count(got, expected, mistakes, what=what,
+                    hint="2 * (num_layers * (q, k, v, o and feed-forward weights) + vocab_size * embed_dim) + 4 * num_heads * "
+                    "head_size * (keys seen, summed over layers)")

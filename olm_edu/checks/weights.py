@@ -74,7 +74,7 @@ def _qkv_candidates(weight: torch.Tensor, bias: torch.Tensor, n_embd: int) -> di
             (f"the {name} block in the Conv1D layout, not transposed", block),
             (f"the {name} block (columns {i * n_embd}..{(i + 1) * n_embd - 1}) transposed", block.t()),
             (f"an interleaved split (every third column, starting at column {i})", interleaved_w[..., i].t()),
-            (f"an interleaved split, not transposed", interleaved_w[..., i]),
+            ("an interleaved split, not transposed", interleaved_w[..., i]),
         ]
         biases += [(f"the {name} block of the bias", bias[i * n_embd:(i + 1) * n_embd]),
                    (f"an interleaved split of the bias (every third entry from entry {i})", interleaved_b[:, i])]

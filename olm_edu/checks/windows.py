@@ -386,16 +386,6 @@ def windowed_kv_cache_bytes(check: Check, fn: Callable[[ModelConfig, int, int], 
         what = f"windowed_kv_cache_bytes({cfg.name}, seq_len={seq_len}, bytes_per_number={bytes_per_number})"
         got = check.call(fn, cfg, seq_len, bytes_per_number, what=what)
         expected = analysis.kv_cache_bytes(cfg, seq_len, _DTYPE_OF_BYTES[bytes_per_number])
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool) or (isinstance(got, float) and not got.is_integer()):
-            check.fail(f"{what}: expected a whole number of bytes (an int), got {got!r}")
-        got = int(got)
-        if got != expected:
-            for message, wrong in _kv_mistakes(cfg, seq_len, bytes_per_number).items():
-                if got == wrong:
-                    check.fail(f"{what}: expected {expected:,}, got {got:,}: {message}")
-            check.fail(f"{what}: expected {expected:,}, got {got:,}. Hint: for each layer, tokens kept = seq_len, or "
-                       "min(seq_len, sliding_window) on a sliding layer; bytes = 2 * kv_heads * head_size * tokens "
-                       "* bytes_per_number, summed over layers")
-        check.passed += 1
+        check.count(got, expected, _kv_mistakes(cfg, seq_len, bytes_per_number), what=what,
+                    hint="for each layer, tokens kept = seq_len, or min(seq_len, sliding_window) on a sliding layer; "
+                         "bytes = 2 * kv_heads * head_size * tokens * bytes_per_number, summed over layers")
