@@ -148,3 +148,18 @@ def test_fresh_inputs_each_run_and_reproducible_with_a_seed():
     double(lambda x: seen.append(x.clone()) or 2 * x, seed=3)
     assert not torch.equal(seen[0], seen[1])
     assert torch.equal(seen[2], seen[3])
+
+
+def test_count_takes_whole_numbers_in_any_form_and_names_the_mistake_that_gives_the_answer():
+    check = make_check()
+    for got in (1024, 1024.0, torch.tensor(1024), torch.tensor([1024.0])):
+        check.count(got, 1024, {}, what="bytes")
+    assert check.passed == 4
+    mistakes = {"you forgot the factor 2": 512, "no effect": 1024}  # a "mistake" equal to the answer is ignored
+    with pytest.raises(CheckFailed, match="bytes: expected 1,024, got 512: you forgot the factor 2"):
+        make_check().count(512, 1024, mistakes, what="bytes")
+    with pytest.raises(CheckFailed, match=r"bytes: expected 1,024, got 7\. Hint: 2 \* layers"):
+        make_check().count(7, 1024, mistakes, what="bytes", hint="2 * layers")
+    for bad, shown in [(1024.5, "1024.5"), ("1024", "str '1024'"), (True, "bool True"), (float("nan"), "nan")]:
+        with pytest.raises(CheckFailed, match=f"bytes: expected a whole number \\(an int\\), got {shown}"):
+            make_check().count(bad, 1024, {}, what="bytes")
