@@ -218,10 +218,12 @@ def cache_width(cfg: ModelConfig) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
-    """Forward matmul FLOPs for one token attending to `seq_len` tokens (Chinchilla convention).
+    """Forward matmul FLOPs for one token attending to `seq_len` tokens (2 per multiply-add of a
+    weight matmul, plus the attention term, as in Kaplan et al. 2020; unlike Chinchilla's count,
+    no FLOPs for the embedding lookup, the softmax or the norms).
 
-    A matmul with an (m, n) weight costs 2*m*n FLOPs a token, so the projections cost twice
-    their weight count: "attention" (q, k, v, o), "ffn", and "head" (the logits, vocab*d, paid
+    A matmul with an (m, n) weight costs 2 * m * n FLOPs a token, so the projections cost twice
+    their weight count: "attention" (q, k, v, o), "ffn", and "head" (the logits, vocab * d, paid
     even when the head is tied). "attention_scores" is q.k^T plus the weighted sum of values:
     2 * 2 * T * num_heads * head_size per layer, with T = seq_len (min(seq_len, window) on
     sliding layers) -- the cost of the last token, not halved for the causal mask. With MLA the
