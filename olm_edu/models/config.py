@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from olm_edu.choices import check_choice
+
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
 NORM_PLACEMENTS = ("pre", "post", "sandwich")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
@@ -214,11 +216,6 @@ class ModelConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {allowed}")
-
-
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive int")
@@ -238,13 +235,13 @@ def validate(cfg: ModelConfig) -> None:
         )
     if cfg.head_dim is not None:
         _positive("head_dim", cfg.head_dim)
-    _choice("family", cfg.family, FAMILIES)
-    _choice("norm", cfg.norm, NORMS)
-    _choice("norm_placement", cfg.norm_placement, NORM_PLACEMENTS)
-    _choice("position", cfg.position, POSITIONS)
-    _choice("rope_layout", cfg.rope_layout, ROPE_LAYOUTS)
-    _choice("ffn", cfg.ffn, FFN_KINDS)
-    _choice("activation", cfg.activation, ACTIVATIONS)
+    check_choice("family", cfg.family, FAMILIES)
+    check_choice("norm", cfg.norm, NORMS)
+    check_choice("norm_placement", cfg.norm_placement, NORM_PLACEMENTS)
+    check_choice("position", cfg.position, POSITIONS)
+    check_choice("rope_layout", cfg.rope_layout, ROPE_LAYOUTS)
+    check_choice("ffn", cfg.ffn, FFN_KINDS)
+    check_choice("activation", cfg.activation, ACTIVATIONS)
     if not 0.0 < cfg.partial_rotary_factor <= 1.0:
         raise ValueError(f"partial_rotary_factor={cfg.partial_rotary_factor} must be in (0, 1]")
     if cfg.position == "rope" and cfg.rotary_dim % 2:
@@ -265,7 +262,7 @@ def validate(cfg: ModelConfig) -> None:
         if len(cfg.layer_types) != cfg.num_layers:
             raise ValueError(f"layer_types has {len(cfg.layer_types)} entries; num_layers={cfg.num_layers}")
         for kind in cfg.layer_types:
-            _choice("layer_types entry", kind, LAYER_TYPES)
+            check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
     if cfg.rope_scaling is not None and cfg.position != "rope":
@@ -289,7 +286,7 @@ _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim"
 
 
 def _validate_mla(cfg: ModelConfig) -> None:
-    _choice("attention", cfg.attention, ATTENTIONS)
+    check_choice("attention", cfg.attention, ATTENTIONS)
     if cfg.attention == "standard":
         for name in _MLA_KNOBS:
             if getattr(cfg, name) is not None:
@@ -324,8 +321,8 @@ _MOE_KNOBS = {
 
 def _validate_moe(cfg: ModelConfig) -> None:
     _positive_or_zero("num_experts", cfg.num_experts)
-    _choice("router_scoring", cfg.router_scoring, ROUTER_SCORINGS)
-    _choice("router_group_score", cfg.router_group_score, ROUTER_GROUP_SCORES)
+    check_choice("router_scoring", cfg.router_scoring, ROUTER_SCORINGS)
+    check_choice("router_group_score", cfg.router_group_score, ROUTER_GROUP_SCORES)
     if cfg.num_experts == 0:
         for name, off in _MOE_KNOBS.items():
             if getattr(cfg, name) != off:

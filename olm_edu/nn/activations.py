@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from olm_edu.choices import check_choice
+
 __all__ = ["ACTIVATIONS", "GLU_VARIANTS", "get_activation", "glu"]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -33,14 +35,12 @@ GLU_VARIANTS = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "r
 
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation function registered under `name`."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation={name!r} is not one of {tuple(ACTIVATIONS)}")
+    check_choice("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]
 
 
 def glu(x: torch.Tensor, variant: str = "swiglu") -> torch.Tensor:
     """act(gate) * up, where x = [gate, up] on the last dimension. Shapes: (..., 2h) -> (..., h)."""
-    if variant not in GLU_VARIANTS:
-        raise ValueError(f"variant={variant!r} is not one of {tuple(GLU_VARIANTS)}")
+    check_choice("variant", variant, tuple(GLU_VARIANTS))
     gate, up = x.chunk(2, dim=-1)
     return ACTIVATIONS[GLU_VARIANTS[variant]](gate) * up

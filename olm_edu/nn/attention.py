@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from olm_edu.choices import check_choice, checked_choice
 from olm_edu.nn.blocks import Context
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rotary
@@ -36,20 +37,6 @@ from olm_edu.nn.positions import RotaryEmbedding, alibi_bias, alibi_slopes, appl
 __all__ = ["Attention", "attend", "attention_mask", "repeat_kv", "softcap", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("explicit", "sdpa")
-
-
-def checked_choice(name: str, allowed: tuple[str, ...]) -> property:
-    """A property that accepts only one of `allowed`, naming itself and them when refused."""
-
-    def get(self) -> str:
-        return getattr(self, "_" + name)
-
-    def set(self, value: str) -> None:
-        if value not in allowed:
-            raise ValueError(f"{name}={value!r} is not one of {allowed}")
-        setattr(self, "_" + name, value)
-
-    return property(get, set)
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -109,8 +96,7 @@ def attend(
     Shapes: q (B, H, T_q, d), k (B, H, T_k, d), v (B, H, T_k, d_v), allowed (T_q, T_k),
         bias (H, T_q, T_k) -> (B, H, T_q, d_v)
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
     if implementation == "explicit" or logit_softcap is not None:
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
         scores = softcap(scores, logit_softcap)
@@ -171,8 +157,7 @@ class Attention(nn.Module):
             if embed_dim % num_heads:
                 raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} (or set head_dim)")
             head_dim = embed_dim // num_heads
-        if position not in ("none", "rope", "alibi", "learned", "sinusoidal"):
-            raise ValueError(f"position={position!r} is not one of ('none', 'rope', 'alibi', 'learned', 'sinusoidal')")
+        check_choice("position", position, ("none", "rope", "alibi", "learned", "sinusoidal"))
         self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
         self.causal, self.sliding_window, self.logit_softcap = causal, sliding_window, logit_softcap
         self.scale = head_dim**-0.5 if scale is None else scale

@@ -50,7 +50,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask, checked_choice
+from olm_edu.choices import checked_choice
+from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask
 from olm_edu.nn.blocks import Context
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, apply_rotary, validate_rope_scaling

@@ -69,6 +69,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from olm_edu.choices import check_choice, checked_choice
 from olm_edu.nn.activations import get_activation
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 
@@ -97,11 +98,6 @@ class Routing(NamedTuple):
     scores: torch.Tensor
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {allowed}")
-
-
 class Router(nn.Module):
     """Scores the experts for each token and picks `experts_per_token` of them.
 
@@ -126,8 +122,8 @@ class Router(nn.Module):
         scaling_factor: float = 1.0,
     ):
         super().__init__()
-        _check_choice("scoring", scoring, SCORINGS)
-        _check_choice("group_score", group_score, GROUP_SCORES)
+        check_choice("scoring", scoring, SCORINGS)
+        check_choice("group_score", group_score, GROUP_SCORES)
         if not 1 <= experts_per_token <= num_experts:
             raise ValueError(f"experts_per_token={experts_per_token} must be in [1, num_experts={num_experts}]")
         if num_experts % num_groups or not 1 <= groups_per_token <= num_groups:
@@ -216,7 +212,7 @@ class Experts(nn.Module):
     def forward(
         self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, implementation: str = "loop"
     ) -> torch.Tensor:
-        _check_choice("implementation", implementation, MOE_IMPLEMENTATIONS)
+        check_choice("implementation", implementation, MOE_IMPLEMENTATIONS)
         if implementation == "loop":
             return self._loop(x, experts, weights)
         return self._batched(x, experts, weights)
@@ -262,6 +258,8 @@ class MoE(nn.Module):
     Shapes: x (B, T, embed_dim) -> (B, T, embed_dim)
     """
 
+    implementation = checked_choice("implementation", MOE_IMPLEMENTATIONS)
+
     def __init__(
         self,
         embed_dim: int,
@@ -296,15 +294,6 @@ class MoE(nn.Module):
         self.implementation = implementation
         self.last_routing: Routing | None = None
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts, dtype=torch.long), persistent=False)
-
-    @property
-    def implementation(self) -> str:
-        return self._implementation
-
-    @implementation.setter
-    def implementation(self, value: str) -> None:
-        _check_choice("implementation", value, MOE_IMPLEMENTATIONS)
-        self._implementation = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, d), N = B * T

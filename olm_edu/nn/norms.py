@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from olm_edu.choices import check_choice
+
 __all__ = ["LayerNorm", "RMSNorm", "make_norm"]
 
 
@@ -54,8 +56,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, convention: str = "llama"):
         super().__init__()
-        if convention not in ("llama", "gemma"):
-            raise ValueError(f"convention={convention!r} is not one of ('llama', 'gemma')")
+        check_choice("convention", convention, ("llama", "gemma"))
         self.eps, self.convention = eps, convention
         self.weight = nn.Parameter(torch.ones(dim) if convention == "llama" else torch.zeros(dim))
 
@@ -72,10 +73,9 @@ class RMSNorm(nn.Module):
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:
     """The norm named by a config: "layernorm", "rmsnorm" (Llama) or "rmsnorm_gemma"."""
+    check_choice("norm", kind, ("layernorm", "rmsnorm", "rmsnorm_gemma"))
     if kind == "layernorm":
         return LayerNorm(dim, eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps, convention="llama")
-    if kind == "rmsnorm_gemma":
-        return RMSNorm(dim, eps, convention="gemma")
-    raise ValueError(f"norm={kind!r} is not one of ('layernorm', 'rmsnorm', 'rmsnorm_gemma')")
+    return RMSNorm(dim, eps, convention="gemma")

@@ -89,6 +89,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from olm_edu.choices import check_choice
+
 __all__ = [
     "LearnedPositions",
     "sinusoidal_table",
@@ -439,8 +441,7 @@ class RotaryEmbedding(nn.Module):
         layout: str = "half",
     ):
         super().__init__()
-        if layout not in ROPE_LAYOUTS:
-            raise ValueError(f"layout={layout!r} is not one of {ROPE_LAYOUTS}")
+        check_choice("layout", layout, ROPE_LAYOUTS)
         self.rotary_dim = rotary_dim
         self.theta = theta
         self.scaling = dict(scaling) if scaling is not None else None
@@ -519,8 +520,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: 
     Shapes: x (B, H, T, head_dim), cos/sin (B or 1, T, rotary_dim) or (T, rotary_dim)
         -> (B, H, T, head_dim)
     """
-    if layout not in _ROTATE:
-        raise ValueError(f"layout={layout!r} is not one of {ROPE_LAYOUTS}")
+    check_choice("layout", layout, ROPE_LAYOUTS)
     rotary_dim = cos.shape[-1]
     if rotary_dim > x.shape[-1] or rotary_dim % 2:
         raise ValueError(f"rotary_dim={rotary_dim} (cos.shape[-1]) must be even and <= head_dim={x.shape[-1]}")
