@@ -257,12 +257,12 @@ def forbidden(*names: str, reason: str = "this exercise asks you to write it you
             if name.startswith("olm_edu.") and isinstance(original, types.FunctionType) and not original.__closure__:
                 # swap the function's code: every reference to it refuses, however it was imported
                 swapped.append((original, original.__code__))
-                original.__code__ = _refusing_code(f"your code calls {name}, which is not allowed here: {reason}")
+                original.__code__ = _refusing_code(_refusal(name, reason))
             else:
-                setattr(owner, attribute, _refuse(name, reason))
+                setattr(owner, attribute, _refuse(_refusal(name, reason)))
         # A torch name imported before the check ran (`from torch.nn.functional import softmax`) is
         # not reached by the patch; torch still routes the call through the active function mode.
-        with _RefuseCalls({id(original): name for name, (_, _, original) in zip(names, saved)}, reason):
+        with _RefuseCalls({id(original): _refusal(name, reason) for name, (_, _, original) in zip(names, saved)}):
             yield
     finally:
         for function, code in swapped:
@@ -287,21 +287,25 @@ def _refusing_code(message: str) -> types.CodeType:
 class _RefuseCalls(TorchFunctionMode):
     """Raise CheckFailed when torch dispatches one of the given functions (matched by identity)."""
 
-    def __init__(self, refused: dict[int, str], reason: str):
+    def __init__(self, refused: dict[int, str]):
         super().__init__()
-        self.refused, self.reason = refused, reason
+        self.refused = refused  # id of a refused function -> the message its call fails with
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True
         if id(func) in self.refused:
-            raise CheckFailed(f"your code calls {self.refused[id(func)]}, which is not allowed here: {self.reason}")
+            raise CheckFailed(self.refused[id(func)])
         return func(*args, **(kwargs or {}))
 
 
-def _refuse(name: str, reason: str) -> Callable[..., None]:
+def _refusal(name: str, reason: str) -> str:
+    return f"your code calls {name}, which is not allowed here: {reason}"
+
+
+def _refuse(message: str) -> Callable[..., None]:
     def refuse(*args: Any, **kwargs: Any) -> None:
         __tracebackhide__ = True
-        raise CheckFailed(f"your code calls {name}, which is not allowed here: {reason}")
+        raise CheckFailed(message)
 
     return refuse
 
