@@ -31,13 +31,6 @@ _BUILTIN_LAYER_NORM = (
 GPT2_EPS = 1e-5
 
 
-def diagnose(check: Check, got: object, expected: torch.Tensor, mistakes: dict[str, torch.Tensor], *,
-             what: str, atol: float, rtol: float, hint: str) -> None:
-    """Pass if `got` matches `expected`; else name the mistake it matches; else report the error."""
-    __tracebackhide__ = True
-    check.close_or_diagnose(got, expected, mistakes, what=what, atol=atol, rtol=rtol, hint=hint)
-
-
 # -- Exercise 1: LayerNorm ---------------------------------------------------------------------
 
 def _normalise(x: torch.Tensor, dims: tuple[int, ...], eps: float, unbiased: bool = False) -> torch.Tensor:
@@ -111,7 +104,7 @@ def layer_norm(check: Check, layer_norm_class: Callable[..., nn.Module]) -> None
             x = check.randn(*shape, scale=3.0) + 2.0 * check.randn(*shape[:-1], 1)  # each vector its own offset
             what = f"LayerNorm({dim}) on a random {shape} tensor"
             got = check.call(layer, x.clone(), what=what, hint=keep_dim)
-            diagnose(check, got, _reference_layer_norm(x, weight, bias, GPT2_EPS), _layer_norm_mistakes(x, weight, bias, GPT2_EPS),
+            check.close_or_diagnose(got, _reference_layer_norm(x, weight, bias, GPT2_EPS), _layer_norm_mistakes(x, weight, bias, GPT2_EPS),
                       what=what, atol=atol, rtol=rtol,
                       hint="subtract the mean over the last dimension, divide by sqrt(variance + eps), then "
                            "multiply by self.weight and add self.bias")
@@ -164,7 +157,7 @@ def gelu_tanh(check: Check, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         mistakes = {
             "this is the exact GELU, x * Phi(x) (with erf); this exercise asks for GPT-2's tanh approximation": F.gelu(original),
         }
-        diagnose(check, got, F.gelu(original, approximate="tanh"), mistakes, what=f"gelu_tanh of {what}",
+        check.close_or_diagnose(got, F.gelu(original, approximate="tanh"), mistakes, what=f"gelu_tanh of {what}",
                   atol=1e-6, rtol=1e-5, hint=f"compute {formula}; use torch.tanh, which stays finite for large inputs")
         check.expect(torch.equal(x, original), "your gelu_tanh changed its input tensor in place; compute on a new tensor")
     if check.hidden:
@@ -235,7 +228,7 @@ def mlp(check: Check, mlp_class: Callable[..., nn.Module]) -> None:
                 "down_proj(gelu_tanh(up_proj(x)))": F.gelu(reference.down_proj(up), approximate="tanh"),
             }
         got = check.call(module, x, what=f"{call} on a random (2, 5, {embed_dim}) tensor")
-        diagnose(check, got, expected, mistakes, what=f"{call} on a random (2, 5, {embed_dim}) tensor", atol=1e-5, rtol=1e-4,
+        check.close_or_diagnose(got, expected, mistakes, what=f"{call} on a random (2, 5, {embed_dim}) tensor", atol=1e-5, rtol=1e-4,
                   hint="self.down_proj(gelu_tanh(self.up_proj(x))); if this looks right, check that Exercise 2 passes")
 
 
@@ -307,6 +300,6 @@ def block(check: Check, block_class: Callable[..., nn.Module]) -> None:
             expected, mistakes = _block_outputs(x, parts)
             what = f"{call} on a random {shape} tensor"
             got = check.call(learner, x, what=what)
-            diagnose(check, got, expected, mistakes, what=what, atol=1e-5, rtol=1e-4,
+            check.close_or_diagnose(got, expected, mistakes, what=what, atol=1e-5, rtol=1e-4,
                       hint="x = x + self.attn(self.ln1(x)); x = x + self.mlp(self.ln2(x)); if this looks right, "
                            "check that Exercises 1 and 3 pass")

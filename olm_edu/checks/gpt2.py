@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from olm_edu import analysis
-from olm_edu.checks.block import diagnose
 from olm_edu.grading import Check, CheckFailed, exercise
 from olm_edu.models import ModelConfig, build
 from olm_edu.nn import Attention, ClassicFFN, LayerNorm
@@ -160,7 +159,7 @@ def gpt2(check: Check, gpt2_class: Callable[..., nn.Module]) -> None:
             got = check.call(model, ids, what=what,
                              hint="the positions of T tokens are torch.arange(T), with T = ids.shape[1] (which may be "
                                   "smaller than max_seq_len)")
-            diagnose(check, got, expected, mistakes, what=f"logits of {what}", atol=1e-5, rtol=1e-4,
+            check.close_or_diagnose(got, expected, mistakes, what=f"logits of {what}", atol=1e-5, rtol=1e-4,
                       hint="token embeddings + position embeddings, then every block in order, then final_norm, then "
                            "lm_head")
 
