@@ -183,8 +183,6 @@ def _read_checked(slug: str, path: Path) -> str:
 def _cleaned_plays(root: Path) -> dict[str, str]:
     """slug -> cleaned text, in sorted slug order; checked once per folder and cached."""
     paths = _play_paths(root)
-    for slug in sorted(paths):  # every file checked before any is cleaned
-        _read_checked(slug, paths[slug])
     return {slug: _cleaned_play(root, slug, paths[slug]) for slug in sorted(paths)}
 
 
