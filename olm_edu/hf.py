@@ -42,6 +42,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from olm_edu.models import families
 from olm_edu.models.build import MultiTokenPrediction, Transformer
 from olm_edu.models.hf_config import DEEPSEEK_FAMILIES, MOE_FAMILIES, from_hf_config, to_hf_config
 
@@ -111,6 +112,8 @@ def _name_table(family: str) -> list[tuple[str, str]]:
         return _MOE_NAMES + _LLAMA_NAMES + _PRE_NORM_FFN
     if family in DEEPSEEK_FAMILIES:
         return _MLA_NAMES + _MOE_NAMES + _LLAMA_NAMES + _PRE_NORM_FFN
+    if family in families.REGISTRY:
+        return families.REGISTRY[family].NAME_TABLE
     raise CheckpointError(
         f"family={family!r} has no Hugging Face layout; supported: gpt2, llama, mistral, qwen2, qwen3, gemma2, "
         "mixtral, qwen3_moe, deepseek_v2, deepseek_v3"
@@ -279,6 +282,9 @@ def from_hf_state_dict(model: Transformer, weights: dict[str, torch.Tensor]) -> 
     """Load transformers-named weights into `model` (strict: every weight present, none left over)."""
     cfg = model.config
     weights = _normalise_hf_names(weights, cfg.family, cfg.num_layers)
+    hook = getattr(families.REGISTRY.get(cfg.family), "from_hf_layout", None)
+    if hook is not None:
+        weights = hook(weights, cfg)
     if cfg.tie_embeddings and "lm_head.weight" in weights:
         embed_name = "transformer.wte.weight" if cfg.family == "gpt2" else "model.embed_tokens.weight"
         head = weights.pop("lm_head.weight")
@@ -323,6 +329,9 @@ def to_hf_state_dict(model: Transformer, layout: str = "memory") -> dict[str, to
         return _gpt2_to_hf(ours, cfg.num_layers)
     table = _name_table(cfg.family)
     memory = {_rename(name, table, to_hf=True) or name: tensor for name, tensor in _to_fused(ours).items()}
+    hook = getattr(families.REGISTRY.get(cfg.family), "to_hf_layout", None)
+    if hook is not None:
+        memory = hook(memory, cfg, layout)
     if layout == "hub" and cfg.family in MOE_FAMILIES:
         return _split_to_hub_experts(memory, cfg.family)
     return memory

@@ -28,7 +28,11 @@ ROUTER_SCORINGS = ("softmax", "sigmoid")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
 FAMILIES = (
     "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
-    "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3", "custom",
+    "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3",
+    # Part III (olm_edu.models.families)
+    "gpt_oss", "gemma3_text", "olmo2", "olmo3", "smollm3", "llama4_text",
+    "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "kimi_linear", "deepseek_v32", "deepseek_v4",
+    "custom",
 )  # fmt: skip
 
 

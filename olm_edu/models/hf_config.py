@@ -52,6 +52,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from olm_edu.models import families
 from olm_edu.models.config import ModelConfig
 
 SUPPORTED_FAMILIES = (
@@ -226,14 +227,17 @@ _ACTIVATIONS_IN = {
 # -- reading ------------------------------------------------------------------------------
 
 
-class _Keys:
+class Keys:
     """A config.json's values, with the family's transformers defaults for missing keys."""
 
     def __init__(self, data: dict[str, Any], family: str) -> None:
         self.data, self.family = data, family
 
     def __getitem__(self, key: str) -> Any:
-        return self.data[key] if key in self.data else DEFAULTS[self.family][key]
+        if key in self.data:
+            return self.data[key]
+        defaults = DEFAULTS[self.family] if self.family in DEFAULTS else families.REGISTRY[self.family].DEFAULTS
+        return defaults[key]
 
     def required(self, key: str) -> Any:
         if key not in self.data:
@@ -262,7 +266,7 @@ def _load(config: dict | str | Path) -> tuple[dict[str, Any], str | None]:
     return json.loads(path.read_text(encoding="utf-8")), name
 
 
-def _read_rope(keys: _Keys) -> tuple[float, dict[str, Any] | None]:
+def _read_rope(keys: Keys) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling in config.json style with "rope_type", or None)."""
     if keys.data.get("rope_parameters"):  # transformers 5 keeps theta and scaling in one dict
         scaling = dict(keys.data["rope_parameters"])
@@ -296,7 +300,7 @@ def _gemma2_default_layer_types(num_layers: int) -> list[str]:
     return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
 
 
-def _read_layers(keys: _Keys, num_layers: int) -> tuple[tuple[str, ...] | None, int | None]:
+def _read_layers(keys: Keys, num_layers: int) -> tuple[tuple[str, ...] | None, int | None]:
     family = keys.family
     if family == "llama":
         return None, None
@@ -316,7 +320,7 @@ def _read_layers(keys: _Keys, num_layers: int) -> tuple[tuple[str, ...] | None, 
     return _canonical_layers(types, keys["sliding_window"])
 
 
-def _gpt2_knobs(keys: _Keys) -> dict[str, Any]:
+def _gpt2_knobs(keys: Keys) -> dict[str, Any]:
     if not keys["scale_attn_weights"] or keys["scale_attn_by_inverse_layer_idx"]:
         raise ValueError("scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True is not a ModelConfig knob")
     if keys["add_cross_attention"]:
@@ -344,7 +348,7 @@ def _gpt2_knobs(keys: _Keys) -> dict[str, Any]:
     )
 
 
-def _rope_family_knobs(keys: _Keys) -> dict[str, Any]:
+def _rope_family_knobs(keys: Keys) -> dict[str, Any]:
     family = keys.family
     embed_dim = keys.required("hidden_size")
     num_heads = keys.required("num_attention_heads")
@@ -400,7 +404,7 @@ def _rope_family_knobs(keys: _Keys) -> dict[str, Any]:
     return knobs
 
 
-def _mla_knobs(keys: _Keys) -> dict[str, Any]:
+def _mla_knobs(keys: Keys) -> dict[str, Any]:
     """DeepSeek's multi-head latent attention. Its head_dim is qk_nope_head_dim (the head_dim
     key that transformers 5 writes holds qk_rope_head_dim, for its RoPE code, and is ignored)."""
     num_heads, embed_dim = keys.required("num_attention_heads"), keys.required("hidden_size")
@@ -423,7 +427,7 @@ def _mla_knobs(keys: _Keys) -> dict[str, Any]:
     )
 
 
-def _moe_layers(keys: _Keys, num_layers: int) -> int:
+def _moe_layers(keys: Keys, num_layers: int) -> int:
     """Qwen3-MoE's decoder_sparse_step and mlp_only_layers, as a count of leading dense layers."""
     dense = set(keys["mlp_only_layers"] or [])
     step = keys["decoder_sparse_step"]
@@ -437,7 +441,7 @@ def _moe_layers(keys: _Keys, num_layers: int) -> int:
     return first_dense
 
 
-def _moe_knobs(keys: _Keys, num_layers: int) -> dict[str, Any]:
+def _moe_knobs(keys: Keys, num_layers: int) -> dict[str, Any]:
     family, hidden_dim = keys.family, keys.required("intermediate_size")
     if family == "mixtral":
         if keys["router_jitter_noise"]:
@@ -503,14 +507,46 @@ def from_hf_config(config: dict | str | Path, name: str | None = None) -> ModelC
     required key (named), or an option no knob expresses.
     """
     data, name_from_path = _load(config)
+    data, wrapper = _unwrap_text_config(data)
     family = data.get("model_type")
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"model_type={family!r} is not supported; supported: {SUPPORTED_FAMILIES}")
-    keys = _Keys(data, family)
-    knobs = _gpt2_knobs(keys) if family == "gpt2" else _rope_family_knobs(keys)
+    supported = supported_families()
+    if family not in supported:
+        raise ValueError(f"model_type={family!r} is not supported; supported: {supported}")
+    keys = Keys(data, family)
+    if family in families.REGISTRY:
+        knobs = families.REGISTRY[family].read(keys)
+    else:
+        knobs = _gpt2_knobs(keys) if family == "gpt2" else _rope_family_knobs(keys)
     name = name or data.get("_name_or_path") or name_from_path or family
     notes = {"source": str(config)} if name_from_path else {}
+    if wrapper:
+        notes["text_config"] = f"read from the text_config of a model_type={wrapper!r} config (the language model only)"
     return ModelConfig(name=name, family=family, dropout=0.0, notes=notes, **knobs)
+
+
+def supported_families() -> tuple[str, ...]:
+    """Every model_type `from_hf_config` reads: Parts I–II's and the registered family modules'."""
+    return SUPPORTED_FAMILIES + tuple(sorted(families.REGISTRY))
+
+
+def _unwrap_text_config(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A multimodal release (Gemma 3 27B, Llama 4, Qwen3.5) keeps its language model's config
+    in `text_config`: return that (with its model_type filled in) and the wrapper's model_type.
+    Keys the text config leaves out take the text family's defaults, as transformers does;
+    tie_word_embeddings, when only the wrapper has it, is taken from the wrapper."""
+    wrapper = data.get("model_type")
+    text = data.get("text_config")
+    if wrapper in supported_families() or not isinstance(text, dict):
+        return data, None
+    inner_type = families.text_model_type(wrapper) or text.get("model_type")
+    if inner_type is None:
+        return data, None
+    inner = dict(text, model_type=inner_type)
+    if "tie_word_embeddings" in data and "tie_word_embeddings" not in text:
+        inner["tie_word_embeddings"] = data["tie_word_embeddings"]
+    if "_name_or_path" in data:
+        inner.setdefault("_name_or_path", data["_name_or_path"])
+    return inner, wrapper
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -789,18 +825,26 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     Raises ValueError for family "custom" and for a knob the family's class cannot express
     (the message names the knob and what the class needs).
     """
-    if cfg.family not in SUPPORTED_FAMILIES:
-        raise ValueError(
-            f"family={cfg.family!r} has no transformers config; set family to one of {SUPPORTED_FAMILIES}"
-        )
-    _check_expressible(cfg)
-    body = _gpt2_config(cfg) if cfg.family == "gpt2" else _rope_family_config(cfg)
+    supported = supported_families()
+    if cfg.family not in supported:
+        raise ValueError(f"family={cfg.family!r} has no transformers config; set family to one of {supported}")
+    if cfg.family in families.REGISTRY:
+        module = families.REGISTRY[cfg.family]
+        body, architecture = module.write(cfg), module.ARCHITECTURE
+    else:
+        _check_expressible(cfg)
+        body = _gpt2_config(cfg) if cfg.family == "gpt2" else _rope_family_config(cfg)
+        architecture = ARCHITECTURES[cfg.family]
     return {
         "model_type": cfg.family,
-        "architectures": [ARCHITECTURES[cfg.family]],
+        "architectures": [architecture],
         "_name_or_path": cfg.name,
         "vocab_size": cfg.vocab_size,
         **body,
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
     }
+
+
+# The family modules import this one; importing them last keeps the cycle harmless.
+from olm_edu.models.families import *  # noqa: E402,F401,F403  (registers every family module)
