@@ -42,6 +42,9 @@ HUB_IDS = {
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
+    # Part III (olm_edu.models.families)
+    "gpt-oss-20b": "openai/gpt-oss-20b",
+    "gpt-oss-120b": "openai/gpt-oss-120b",
 }
 
 

@@ -1,0 +1,224 @@
+"""Parity with transformers for the 2025 families: gpt-oss, Gemma 3, OLMo 2/3, SmolLM3.
+
+As tests/test_parity_moe.py: a tiny config per family with every special feature switched on,
+the transformers model built with eager attention, every weight perturbed (sinks, router and
+expert biases, norms away from their init), saved with transformers' `save_pretrained`, loaded
+through `olm_edu.hf.from_pretrained`, and the logits compared in float32 at 1e-5.
+
+What bites where. gpt-oss: attention sinks, a window (5) shorter than the sequence on alternating
+layers, attention biases, YaRN, 4 experts with top-2, router bias, expert biases, a clamp limit
+(1.0) small enough that the perturbed activations hit it, the interleaved gate/up layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from olm_edu.analysis import count_params, kv_cache_bytes  # noqa: E402
+from olm_edu.generate import generate  # noqa: E402
+from olm_edu.hf import from_pretrained, save_pretrained, to_hf_state_dict  # noqa: E402
+from olm_edu.models.build import build, set_attention_implementation, set_moe_implementation  # noqa: E402
+from olm_edu.models.hf_config import from_hf_config, to_hf_config  # noqa: E402
+from tests.test_parity import TOLERANCE, perturb_, random_ids  # noqa: E402
+
+SEQ_LEN = 12
+YARN = {
+    "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
+    "truncate": False,
+}  # fmt: skip
+
+TINY_CONFIGS = {
+    "gpt_oss": dict(
+        model_type="gpt_oss", vocab_size=97, hidden_size=32, intermediate_size=16, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=5, max_position_embeddings=64, swiglu_limit=1.0, rms_norm_eps=1e-5,
+        rope_parameters={**YARN, "rope_theta": 10_000.0}, tie_word_embeddings=False,
+    ),
+}
+VARIANTS = list(TINY_CONFIGS)
+
+
+def reference_model(variant: str, seed: int = 0):
+    """The transformers model of `variant`, every parameter perturbed away from its init."""
+    config = transformers.AutoConfig.for_model(**TINY_CONFIGS[variant])
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    perturb_(model, seed)
+    return model.eval()
+
+
+@functools.cache
+def loaded(variant: str):
+    """(transformers model, olm_edu model loaded from transformers' saved checkpoint), built once."""
+    reference = reference_model(variant)
+    with tempfile.TemporaryDirectory() as folder:
+        reference.save_pretrained(folder)
+        return reference, from_pretrained(folder)
+
+
+@pytest.fixture(params=VARIANTS)
+def pair(request):
+    return (request.param, *loaded(request.param))
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_logits_match_transformers(pair):
+    variant, reference, ours = pair
+    ids = random_ids(reference.config.vocab_size, length=SEQ_LEN)
+    with torch.no_grad():
+        error = max_error(ours(ids), reference(ids).logits)
+    assert error <= TOLERANCE, f"{variant}: max |Δlogits| = {error:.2e}"
+
+
+def test_explicit_and_sdpa_attention_and_both_expert_paths_agree(pair):
+    """SDPA has no sink: ours appends a zero key whose mask entry is the sink (see attend)."""
+    variant, reference, ours = pair
+    ids = random_ids(reference.config.vocab_size, seed=2)
+    with torch.no_grad():
+        expected = ours(ids)
+        for attention in ("explicit", "sdpa"):
+            for experts in ("loop", "batched"):
+                set_attention_implementation(ours, attention), set_moe_implementation(ours, experts)
+                error = max_error(ours(ids), expected)
+                assert error <= TOLERANCE, f"{variant}: {attention}/{experts} differs by {error:.2e}"
+    set_attention_implementation(ours, "sdpa"), set_moe_implementation(ours, "loop")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("implementation", ["explicit", "sdpa"])
+def test_cached_decoding_equals_full_forward(variant, implementation):
+    reference, ours = loaded(variant)
+    ids = random_ids(reference.config.vocab_size, length=SEQ_LEN + 4, seed=3)
+    set_attention_implementation(ours, implementation)
+    try:
+        with torch.no_grad():
+            full = ours(ids)
+            cache = ours.new_cache()
+            steps = [ours(ids[:, :5], cache=cache)]  # a prompt, then one token at a time
+            steps += [ours(ids[:, t : t + 1], cache=cache) for t in range(5, ids.shape[1])]
+    finally:
+        set_attention_implementation(ours, "sdpa")
+    assert max_error(torch.cat(steps, dim=1), full) <= TOLERANCE
+    cfg = ours.config
+    for layer in range(cfg.num_layers):  # sliding layers keep at most the window
+        expected = ids.shape[1] if cfg.layer_type(layer) == "full_attention" else cfg.sliding_window
+        assert cache.cached_length(layer) == expected
+    assert cache.nbytes() == kv_cache_bytes(cfg, ids.shape[1], torch.float32, batch_size=ids.shape[0])
+
+
+def test_cached_generation_matches_transformers_generate(pair):
+    variant, reference, ours = pair
+    prompt = random_ids(reference.config.vocab_size, length=4, batch=1, seed=5)
+    with torch.no_grad():
+        mask = torch.ones_like(prompt)
+        expected = reference.generate(prompt, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        got = generate(ours, prompt, 10, temperature=0.0)
+    assert torch.equal(got, expected)
+
+
+def test_weights_written_back_load_into_transformers_unchanged(pair, tmp_path):
+    variant, reference, ours = pair
+    save_pretrained(ours, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids = random_ids(reference.config.vocab_size, seed=4)
+    with torch.no_grad():
+        assert max_error(reloaded(ids).logits, reference(ids).logits) <= TOLERANCE
+    memory, expected = to_hf_state_dict(ours), reference.state_dict()
+    assert set(memory) <= set(expected) and set(expected) - set(memory) <= {"lm_head.weight"}
+    assert all(torch.equal(memory[name], expected[name]) for name in memory)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_config_round_trips_and_transformers_reads_the_same_architecture(variant):
+    cfg = from_hf_config(TINY_CONFIGS[variant], name=variant)
+    assert from_hf_config(to_hf_config(cfg), name=variant) == cfg
+    ours = transformers.AutoConfig.for_model(**to_hf_config(cfg)).to_dict()
+    theirs = transformers.AutoConfig.for_model(**TINY_CONFIGS[variant]).to_dict()
+    ignored = {"_name_or_path", "architectures", "transformers_version", "dtype", "output_router_logits"}
+    assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in theirs.items() if k not in ignored}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_count_params_equals_the_transformers_model(variant):
+    reference = reference_model(variant)
+    count = count_params(from_hf_config(TINY_CONFIGS[variant]))
+    assert count.total == sum(p.numel() for p in reference.parameters())
+    assert count.total == build(from_hf_config(TINY_CONFIGS[variant])).num_parameters()
+
+
+# -- gpt-oss ------------------------------------------------------------------------------------
+
+
+def test_gpt_oss_special_features_bite():
+    """The sinks, the clamp and the window each change the logits of the tiny model."""
+    reference, ours = loaded("gpt_oss")
+    cfg = ours.config
+    assert cfg.sliding_window < SEQ_LEN and set(cfg.layer_types) == {"sliding_attention", "full_attention"}
+    assert cfg.experts_per_token < cfg.num_experts and cfg.router_bias and cfg.expert_bias
+    ids = random_ids(cfg.vocab_size, seed=6)
+    with torch.no_grad():
+        expected = ours(ids)
+        for change in ({"attention_sinks": False}, {"swiglu_limit": 1e4}, {"sliding_window": None, "layer_types": None}):
+            other = build(cfg.replace(**change))
+            other.load_state_dict(ours.state_dict(), strict=False)
+            assert max_error(other(ids), expected) > 1e-3, f"{change} should change the logits"
+
+
+def test_gpt_oss_sink_softmax_is_transformers_eager_attention():
+    """Our `attend` with sinks against transformers' gpt-oss eager attention, masked rows included."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    from olm_edu.nn.attention import attend, attention_mask
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=generator) for _ in range(3))
+    sinks = 2 * torch.randn(4, generator=generator)
+    positions = torch.arange(7)
+    allowed = attention_mask(positions, positions, causal=True, window=3)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.sinks, module.training = 1, sinks, False
+    additive = torch.zeros(7, 7).masked_fill(~allowed, float("-inf"))[None, None]
+    expected, _ = eager_attention_forward(module, q, k, v, additive, scaling=0.3)
+    for implementation in ("explicit", "sdpa"):
+        got = attend(q, k, v, allowed, scale=0.3, implementation=implementation, sinks=sinks)
+        assert max_error(got.transpose(1, 2), expected) <= 1e-6
+
+
+def test_gpt_oss_checkpoint_layout_interleaves_gate_and_up():
+    """transformers' gate_up_proj (E, d, 2F): gate = even columns, up = odd ones."""
+    reference, ours = loaded("gpt_oss")
+    fused = reference.model.layers[0].mlp.experts.gate_up_proj  # (E, d, 2F)
+    experts = ours.layers[0].ffn.mlp.experts
+    assert torch.equal(experts.gate_proj, fused[..., 0::2].transpose(1, 2))
+    assert torch.equal(experts.up_proj, fused[..., 1::2].transpose(1, 2))
+
+
+def test_gpt_oss_refusals_name_the_key():
+    config_json = dict(TINY_CONFIGS["gpt_oss"])
+    with pytest.raises(ValueError, match="swiglu_limit"):
+        from_hf_config({**config_json, "swiglu_limit": None})
+    with pytest.raises(ValueError, match="sliding_window"):
+        from_hf_config({**config_json, "sliding_window": None})
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        from_hf_config({**config_json, "rope_parameters": {**YARN, "rope_theta": 1e4, "partial_rotary_factor": 0.5}})
+    cfg = from_hf_config(config_json)
+    for knob, value in [("attention_sinks", False), ("router_bias", False), ("qk_norm", True), ("norm_placement", "sandwich")]:
+        with pytest.raises(ValueError, match=knob):
+            to_hf_config(cfg.replace(**{knob: value}))
+
+
+def test_gpt_oss_default_rope_is_transformers_yarn():
+    """A config.json without RoPE keys gets GptOssConfig's YaRN (factor 32), not plain RoPE."""
+    config_json = {k: v for k, v in TINY_CONFIGS["gpt_oss"].items() if k != "rope_parameters"}
+    cfg = from_hf_config(config_json)
+    theirs = transformers.AutoConfig.for_model(**config_json).rope_parameters
+    assert cfg.rope_theta == theirs["rope_theta"] == 150_000.0
+    assert cfg.rope_scaling == {k: v for k, v in theirs.items() if k != "rope_theta"}
