@@ -13,8 +13,12 @@ Multi-head latent attention (olm_edu.nn.mla) keeps less: per token, the compress
 c_kv and the one rotated key shared by all heads, instead of every head's key and value
 (`update_latent`; they sit in the keys and values slots, as single-head tensors).
 
+Layers may keep more per token than keys and values (DeepSeek-V3.2's indexer keeps its own
+key per token): `update_extra` appends such tensors by name, along the token axis (dim -2).
+
 Shapes: keys and values (B, num_kv_heads, T_cached, head_dim); positions (T_cached,).
     MLA: latent (B, 1, T_cached, kv_latent_dim), rotated key (B, 1, T_cached, rope_head_dim).
+    extras: (..., T_cached, width), e.g. the indexer's keys (B, T_cached, index_head_dim).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.positions: list[torch.Tensor | None] = [None] * num_layers
+        self.extras: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]
         self.seen_tokens = 0  # how many positions the model has consumed so far
 
     def update(
@@ -62,11 +67,20 @@ class KVCache:
         (B, 1, T, rope_head_dim); return all of them and their positions."""
         return self.update(layer, latent, rope_keys, positions)
 
+    def update_extra(self, layer: int, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Append this step's `name` tensor (..., T, width) to layer `layer`'s; return all of it."""
+        kept = self.extras[layer].get(name)
+        if kept is not None:
+            tensor = torch.cat([kept, tensor], dim=-2)
+        self.extras[layer][name] = tensor
+        return tensor
+
     def cached_length(self, layer: int) -> int:
         """How many keys layer `layer` holds (at most the window for sliding layers)."""
         return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
 
     def nbytes(self) -> int:
-        """Bytes held by the cached keys and values (or MLA latents and rotated keys)."""
+        """Bytes held by the cached keys and values (or MLA latents and rotated keys), and extras."""
         tensors = [t for t in self.keys + self.values if t is not None]
+        tensors += [t for extras in self.extras for t in extras.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
