@@ -75,6 +75,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            index_topk=cfg.index_topk,
+            index_heads=cfg.index_heads,
+            index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
     rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
