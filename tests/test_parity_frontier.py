@@ -8,6 +8,11 @@ through `olm_edu.hf.from_pretrained`, and the logits compared in float32 at 1e-5
 What bites where. gpt-oss: attention sinks, a window (5) shorter than the sequence on alternating
 layers, attention biases, YaRN, 4 experts with top-2, router bias, expert biases, a clamp limit
 (1.0) small enough that the perturbed activations hit it, the interleaved gate/up layout.
+Gemma 3: sliding and full layers mixed, a RoPE per layer type (local base 1,000, global base
+100,000 with linear scaling), per-head QK-norm with the (1 + w) RMSNorm, query_pre_attn_scalar
+!= head_dim, sandwich norms, attention bias, tied embeddings, and the final soft-cap switched on
+(the published models leave it None; the attention soft-cap, which transformers' Gemma3 never
+applies, is refused).
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ TINY_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=12, num_local_experts=4, num_experts_per_tok=2,
         sliding_window=5, max_position_embeddings=64, swiglu_limit=1.0, rms_norm_eps=1e-5,
         rope_parameters={**YARN, "rope_theta": 10_000.0}, tie_word_embeddings=False,
+    ),
+    "gemma3_text": dict(
+        model_type="gemma3_text", vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=5,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=100_000.0, rope_local_base_freq=1_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 2.0}, final_logit_softcapping=15.0, attention_bias=True, tie_word_embeddings=True,
     ),
 }
 VARIANTS = list(TINY_CONFIGS)
@@ -222,3 +234,64 @@ def test_gpt_oss_default_rope_is_transformers_yarn():
     theirs = transformers.AutoConfig.for_model(**config_json).rope_parameters
     assert cfg.rope_theta == theirs["rope_theta"] == 150_000.0
     assert cfg.rope_scaling == {k: v for k, v in theirs.items() if k != "rope_theta"}
+
+
+# -- Gemma 3 ------------------------------------------------------------------------------------
+
+
+def test_gemma3_special_features_bite():
+    """The local RoPE base, the sliding layers and the QK-norm weights each change the logits."""
+    reference, ours = loaded("gemma3_text")
+    cfg = ours.config
+    assert cfg.rope_theta_local == 1_000.0 and cfg.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+    assert cfg.sliding_window < SEQ_LEN and cfg.query_pre_attn_scalar != cfg.head_size
+    ids = random_ids(cfg.vocab_size, seed=6)
+    with torch.no_grad():
+        expected = ours(ids)
+        for change in ({"rope_theta_local": None}, {"sliding_window": None, "layer_types": None}):
+            other = build(cfg.replace(**change))
+            other.load_state_dict(ours.state_dict())
+            assert max_error(other(ids), expected) > 1e-3, f"{change} should change the logits"
+        state = ours.state_dict()
+        state["layers.0.attn.attention.q_norm.weight"] = torch.zeros_like(state["layers.0.attn.attention.q_norm.weight"])
+        other = build(cfg)
+        other.load_state_dict(state)
+        assert max_error(other(ids), expected) > 1e-3
+
+
+def test_gemma3_refusals_name_the_key():
+    config_json = TINY_CONFIGS["gemma3_text"]
+    for key, value in [("use_bidirectional_attention", True), ("attn_logit_softcapping", 50.0)]:
+        with pytest.raises(ValueError, match=key):
+            from_hf_config({**config_json, key: value})
+    with pytest.raises(ValueError, match="attn_logit_softcap"):
+        to_hf_config(from_hf_config(config_json).replace(attn_logit_softcap=50.0))
+
+
+def test_gemma3_multimodal_config_is_read_through_its_text_config():
+    """A gemma3 wrapper (as Gemma 3 4B/12B/27B publish it): the language model, with the text
+    class's defaults for what text_config leaves out, as transformers fills them in."""
+    text = {k: v for k, v in TINY_CONFIGS["gemma3_text"].items() if k not in ("model_type", "vocab_size", "layer_types")}
+    text["num_hidden_layers"] = 7  # the default pattern: layer 5 full, the others sliding
+    wrapper = {"model_type": "gemma3", "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}}
+    cfg = from_hf_config(wrapper, name="tiny")
+    assert "text_config" in cfg.notes["text_config"]
+    filled = transformers.AutoConfig.for_model(**wrapper).get_text_config().to_dict()
+    assert cfg == from_hf_config(filled, name="tiny")
+    assert cfg.vocab_size == 262_208 and [cfg.layer_type(i) for i in (4, 5)] == ["sliding_attention", "full_attention"]
+
+
+# -- every family --------------------------------------------------------------------------------
+
+MINIMAL = {  # the sizes only: every other key takes the family's default
+    "gpt_oss": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4),
+    "gemma3_text": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=7),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_from_hf_config_fills_missing_keys_with_the_transformers_defaults(variant):
+    minimal = {"model_type": TINY_CONFIGS[variant]["model_type"], "vocab_size": 96, "hidden_size": 32,
+               "intermediate_size": 48, **MINIMAL[variant]}  # fmt: skip
+    filled_by_transformers = transformers.AutoConfig.for_model(**minimal).to_dict()
+    assert from_hf_config(minimal, name="t") == from_hf_config(filled_by_transformers, name="t")

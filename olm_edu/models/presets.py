@@ -46,6 +46,8 @@ HUB_IDS = {
     # Part III (olm_edu.models.families)
     "gpt-oss-20b": "openai/gpt-oss-20b",
     "gpt-oss-120b": "openai/gpt-oss-120b",
+    "gemma-3-1b": "google/gemma-3-1b-pt",
+    "gemma-3-27b": "google/gemma-3-27b-pt",  # the language model of the multimodal release (text_config)
 }
 
 
