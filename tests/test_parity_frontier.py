@@ -12,11 +12,15 @@ Gemma 3: sliding and full layers mixed, a RoPE per layer type (local base 1,000,
 100,000 with linear scaling), per-head QK-norm with the (1 + w) RMSNorm, query_pre_attn_scalar
 != head_dim, sandwich norms, attention bias, tied embeddings, and the final soft-cap switched on
 (the published models leave it None; the attention soft-cap, which transformers' Gemma3 never
-applies, is refused).
+applies, is refused). OLMo 2: norms after the sub-layers inside the branch, QK-norm over the whole
+projection width with GQA (so the q and k norms differ in width), linear RoPE scaling, attention
+bias. OLMo 3: the same plus its default 3:1 sliding/full schedule with a window of 5, YaRN on the
+full layers only.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import tempfile
 
@@ -52,13 +56,31 @@ TINY_CONFIGS = {
         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=100_000.0, rope_local_base_freq=1_000.0,
         rope_scaling={"rope_type": "linear", "factor": 2.0}, final_logit_softcapping=15.0, attention_bias=True, tie_word_embeddings=True,
     ),
+    "olmo2": dict(
+        model_type="olmo2", vocab_size=103, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+        rope_theta=10_000.0, rope_scaling={"rope_type": "linear", "factor": 2.0}, attention_bias=True,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+    ),
+    "olmo3": dict(
+        model_type="olmo3", vocab_size=107, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, sliding_window=5,
+        rope_parameters={"full_attention": {**YARN, "rope_theta": 50_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 50_000.0}},
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+    ),
 }
 VARIANTS = list(TINY_CONFIGS)
 
 
+def tiny(variant: str) -> dict:
+    """A fresh copy of a tiny config.json (transformers writes into the nested RoPE dicts it is given)."""
+    return copy.deepcopy(TINY_CONFIGS[variant])
+
+
 def reference_model(variant: str, seed: int = 0):
     """The transformers model of `variant`, every parameter perturbed away from its init."""
-    config = transformers.AutoConfig.for_model(**TINY_CONFIGS[variant])
+    config = transformers.AutoConfig.for_model(**tiny(variant))
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     perturb_(model, seed)
     return model.eval()
@@ -150,20 +172,21 @@ def test_weights_written_back_load_into_transformers_unchanged(pair, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_config_round_trips_and_transformers_reads_the_same_architecture(variant):
-    cfg = from_hf_config(TINY_CONFIGS[variant], name=variant)
+    cfg = from_hf_config(tiny(variant), name=variant)
     assert from_hf_config(to_hf_config(cfg), name=variant) == cfg
     ours = transformers.AutoConfig.for_model(**to_hf_config(cfg)).to_dict()
-    theirs = transformers.AutoConfig.for_model(**TINY_CONFIGS[variant]).to_dict()
-    ignored = {"_name_or_path", "architectures", "transformers_version", "dtype", "output_router_logits"}
+    theirs = transformers.AutoConfig.for_model(**tiny(variant)).to_dict()
+    ignored = {"_name_or_path", "architectures", "transformers_version", "dtype", "output_router_logits", "pad_token_id",
+               "eos_token_id", "bos_token_id"}  # fmt: skip
     assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in theirs.items() if k not in ignored}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_count_params_equals_the_transformers_model(variant):
     reference = reference_model(variant)
-    count = count_params(from_hf_config(TINY_CONFIGS[variant]))
+    count = count_params(from_hf_config(tiny(variant)))
     assert count.total == sum(p.numel() for p in reference.parameters())
-    assert count.total == build(from_hf_config(TINY_CONFIGS[variant])).num_parameters()
+    assert count.total == build(from_hf_config(tiny(variant))).num_parameters()
 
 
 # -- gpt-oss ------------------------------------------------------------------------------------
@@ -214,7 +237,7 @@ def test_gpt_oss_checkpoint_layout_interleaves_gate_and_up():
 
 
 def test_gpt_oss_refusals_name_the_key():
-    config_json = dict(TINY_CONFIGS["gpt_oss"])
+    config_json = tiny("gpt_oss")
     with pytest.raises(ValueError, match="swiglu_limit"):
         from_hf_config({**config_json, "swiglu_limit": None})
     with pytest.raises(ValueError, match="sliding_window"):
@@ -229,7 +252,7 @@ def test_gpt_oss_refusals_name_the_key():
 
 def test_gpt_oss_default_rope_is_transformers_yarn():
     """A config.json without RoPE keys gets GptOssConfig's YaRN (factor 32), not plain RoPE."""
-    config_json = {k: v for k, v in TINY_CONFIGS["gpt_oss"].items() if k != "rope_parameters"}
+    config_json = {k: v for k, v in tiny("gpt_oss").items() if k != "rope_parameters"}
     cfg = from_hf_config(config_json)
     theirs = transformers.AutoConfig.for_model(**config_json).rope_parameters
     assert cfg.rope_theta == theirs["rope_theta"] == 150_000.0
@@ -260,7 +283,7 @@ def test_gemma3_special_features_bite():
 
 
 def test_gemma3_refusals_name_the_key():
-    config_json = TINY_CONFIGS["gemma3_text"]
+    config_json = tiny("gemma3_text")
     for key, value in [("use_bidirectional_attention", True), ("attn_logit_softcapping", 50.0)]:
         with pytest.raises(ValueError, match=key):
             from_hf_config({**config_json, key: value})
@@ -271,7 +294,7 @@ def test_gemma3_refusals_name_the_key():
 def test_gemma3_multimodal_config_is_read_through_its_text_config():
     """A gemma3 wrapper (as Gemma 3 4B/12B/27B publish it): the language model, with the text
     class's defaults for what text_config leaves out, as transformers fills them in."""
-    text = {k: v for k, v in TINY_CONFIGS["gemma3_text"].items() if k not in ("model_type", "vocab_size", "layer_types")}
+    text = {k: v for k, v in tiny("gemma3_text").items() if k not in ("model_type", "vocab_size", "layer_types")}
     text["num_hidden_layers"] = 7  # the default pattern: layer 5 full, the others sliding
     wrapper = {"model_type": "gemma3", "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}}
     cfg = from_hf_config(wrapper, name="tiny")
@@ -286,12 +309,54 @@ def test_gemma3_multimodal_config_is_read_through_its_text_config():
 MINIMAL = {  # the sizes only: every other key takes the family's default
     "gpt_oss": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4),
     "gemma3_text": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=7),
+    "olmo2": dict(num_attention_heads=4, pad_token_id=0, eos_token_id=1),
+    "olmo3": dict(num_attention_heads=4, num_hidden_layers=8, pad_token_id=0, eos_token_id=1),
 }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_from_hf_config_fills_missing_keys_with_the_transformers_defaults(variant):
-    minimal = {"model_type": TINY_CONFIGS[variant]["model_type"], "vocab_size": 96, "hidden_size": 32,
+    minimal = {"model_type": tiny(variant)["model_type"], "vocab_size": 96, "hidden_size": 32,
                "intermediate_size": 48, **MINIMAL[variant]}  # fmt: skip
     filled_by_transformers = transformers.AutoConfig.for_model(**minimal).to_dict()
     assert from_hf_config(minimal, name="t") == from_hf_config(filled_by_transformers, name="t")
+
+
+# -- OLMo 2 and OLMo 3 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["olmo2", "olmo3"])
+def test_olmo_special_features_bite(variant):
+    """Where the norm sits, how wide the QK-norm is, and (OLMo 3) the windows each change the logits."""
+    reference, ours = loaded(variant)
+    cfg = ours.config
+    assert cfg.norm_placement == "post_sublayer" and cfg.qk_norm_scope == "projection" and cfg.kv_heads < cfg.num_heads
+    assert "input_layernorm" not in str(list(reference.state_dict()))  # no norm before the sub-layers
+    ids = random_ids(cfg.vocab_size, seed=6)
+    state = ours.state_dict()
+    with torch.no_grad():
+        expected = ours(ids)
+        changes = [{"norm_placement": "sandwich"}]
+        if variant == "olmo3":
+            assert cfg.sliding_window < SEQ_LEN and cfg.rope_theta_local == cfg.rope_theta and cfg.rope_scaling_local is None
+            changes += [{"sliding_window": None, "layer_types": None, "rope_theta_local": None}, {"rope_theta_local": None}]
+        for change in changes:
+            other = build(cfg.replace(**change))
+            other.load_state_dict(state, strict=False)
+            assert max_error(other(ids), expected) > 1e-3, f"{change} should change the logits"
+        # the q norm's weight is one per projection column (num_heads * head_dim), not one per head dimension
+        assert state["layers.0.attn.attention.q_norm.weight"].shape == (cfg.num_heads * cfg.head_size,)
+        assert state["layers.0.attn.attention.k_norm.weight"].shape == (cfg.kv_heads * cfg.head_size,)
+
+
+def test_olmo3_reads_the_published_style_rope_as_transformers_does():
+    """From rope_theta + rope_scaling, Olmo3Config gives the sliding layers its default base
+    (500,000) whatever rope_theta is; ours reproduces that, and rope_parameters as written."""
+    legacy = {k: v for k, v in tiny("olmo3").items() if k != "rope_parameters"}
+    legacy.update(rope_theta=10_000.0, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    theirs = transformers.AutoConfig.for_model(**copy.deepcopy(legacy)).rope_parameters
+    cfg = from_hf_config(legacy)
+    assert (cfg.rope_theta, cfg.rope_scaling) == (10_000.0, {"rope_type": "linear", "factor": 2.0})
+    assert cfg.rope_theta_local == theirs["sliding_attention"]["rope_theta"] == 500_000.0
+    assert cfg.rope_scaling_local is None and theirs["sliding_attention"]["rope_type"] == "default"
+    assert from_hf_config(transformers.AutoConfig.for_model(**copy.deepcopy(legacy)).to_dict()) == cfg

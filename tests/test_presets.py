@@ -57,6 +57,8 @@ PUBLISHED_TOTALS = {
     # release (its text_config), 27.01B, transformers' meta-device count of Gemma3ForCausalLM
     "gemma-3-1b": 999_885_952,
     "gemma-3-27b": 27_009_346_304,
+    # Olmo-3-1025-7B: 7.30B, transformers' meta-device count from the config.json
+    "Olmo-3-7B": 7_298_011_136,
 }
 
 # transformers config fields that do not change the architecture

@@ -48,6 +48,7 @@ HUB_IDS = {
     "gpt-oss-120b": "openai/gpt-oss-120b",
     "gemma-3-1b": "google/gemma-3-1b-pt",
     "gemma-3-27b": "google/gemma-3-27b-pt",  # the language model of the multimodal release (text_config)
+    "Olmo-3-7B": "allenai/Olmo-3-1025-7B",
 }
 
 
