@@ -15,7 +15,8 @@ Gemma 3: sliding and full layers mixed, a RoPE per layer type (local base 1,000,
 applies, is refused). OLMo 2: norms after the sub-layers inside the branch, QK-norm over the whole
 projection width with GQA (so the q and k norms differ in width), linear RoPE scaling, attention
 bias. OLMo 3: the same plus its default 3:1 sliding/full schedule with a window of 5, YaRN on the
-full layers only.
+full layers only. SmolLM3: NoPE on every second layer (no_rope_layer_interval=2), windows on
+(then the NoPE layers slide, by transformers' default), attention and MLP biases, tied embeddings.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ TINY_CONFIGS = {
         rope_parameters={"full_attention": {**YARN, "rope_theta": 50_000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 50_000.0}},
         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+    ),
+    "smollm3": dict(
+        model_type="smollm3", vocab_size=109, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+        rope_theta=20_000.0, rope_scaling={"rope_type": "linear", "factor": 2.0}, no_rope_layer_interval=2,
+        use_sliding_window=True, sliding_window=5, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
 VARIANTS = list(TINY_CONFIGS)
@@ -311,6 +319,7 @@ MINIMAL = {  # the sizes only: every other key takes the family's default
     "gemma3_text": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=7),
     "olmo2": dict(num_attention_heads=4, pad_token_id=0, eos_token_id=1),
     "olmo3": dict(num_attention_heads=4, num_hidden_layers=8, pad_token_id=0, eos_token_id=1),
+    "smollm3": dict(num_attention_heads=4, num_hidden_layers=8, pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 
 
@@ -360,3 +369,61 @@ def test_olmo3_reads_the_published_style_rope_as_transformers_does():
     assert cfg.rope_theta_local == theirs["sliding_attention"]["rope_theta"] == 500_000.0
     assert cfg.rope_scaling_local is None and theirs["sliding_attention"]["rope_type"] == "default"
     assert from_hf_config(transformers.AutoConfig.for_model(**copy.deepcopy(legacy)).to_dict()) == cfg
+
+
+# -- SmolLM3 -------------------------------------------------------------------------------------
+
+
+def test_smollm3_special_features_bite():
+    """NoPE layers (every second one here) and their windows change the logits."""
+    reference, ours = loaded("smollm3")
+    cfg = ours.config
+    assert cfg.nope_layers == (1, 3) and cfg.layer_types == ("full_attention", "sliding_attention") * 2
+    assert [layer.self_attn.use_rope for layer in reference.model.layers] == [1, 0, 1, 0]
+    ids = random_ids(cfg.vocab_size, seed=6)
+    with torch.no_grad():
+        expected = ours(ids)
+        for change in ({"nope_layers": None}, {"sliding_window": None, "layer_types": None}):
+            other = build(cfg.replace(**change))
+            other.load_state_dict(ours.state_dict())
+            assert max_error(other(ids), expected) > 1e-3, f"{change} should change the logits"
+
+
+def test_smollm3_refusals_name_the_key():
+    config_json = tiny("smollm3")
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        from_hf_config({**config_json, "use_sliding_window": False, "layer_types": ["sliding_attention"] * 4})
+    with pytest.raises(ValueError, match="no_rope_layers"):
+        from_hf_config({**config_json, "no_rope_layers": [1, 0]})
+    with pytest.raises(ValueError, match="qk_norm"):
+        to_hf_config(from_hf_config(config_json).replace(qk_norm=True))
+
+
+def test_every_family_refuses_what_its_class_cannot_express():
+    """Each family's to_hf_config names the knob its transformers class hard-codes."""
+    for variant, (knob, value) in {
+        "gpt_oss": ("norm_placement", "post_sublayer"), "gemma3_text": ("qk_norm", False),
+        "olmo2": ("norm_placement", "pre"), "olmo3": ("qk_norm_scope", "head"), "smollm3": ("attention_sinks", True),
+    }.items():  # fmt: skip
+        with pytest.raises(ValueError, match=knob):
+            to_hf_config(from_hf_config(tiny(variant)).replace(**{knob: value}))
+
+
+def test_presets_of_the_2025_families_carry_the_published_facts():
+    from olm_edu.models.presets import preset
+
+    oss = preset("gpt-oss-20b")
+    assert (oss.num_experts, oss.experts_per_token, oss.sliding_window, oss.swiglu_limit) == (32, 4, 128, 7.0)
+    assert oss.attention_sinks and oss.router_bias and oss.expert_bias and oss.rope_scaling["factor"] == 32.0
+    assert [oss.layer_type(i) for i in range(3)] == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert (preset("gpt-oss-120b").num_layers, preset("gpt-oss-120b").num_experts) == (36, 128)
+    g1, g27 = preset("gemma-3-1b"), preset("gemma-3-27b")
+    assert (g1.sliding_window, g1.rope_theta, g1.rope_theta_local, g1.rope_scaling) == (512, 1e6, 1e4, None)
+    assert [g1.layer_type(i) for i in range(6)] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert g27.rope_scaling == {"rope_type": "linear", "factor": 8.0} and g27.rope_scaling_local is None
+    assert (g27.query_pre_attn_scalar, g27.head_size, g27.vocab_size) == (168, 128, 262_208)
+    olmo = preset("Olmo-3-7B")
+    assert (olmo.norm_placement, olmo.qk_norm_scope, olmo.sliding_window) == ("post_sublayer", "projection", 4096)
+    assert olmo.rope_scaling["rope_type"] == "yarn" and (olmo.rope_theta_local, olmo.rope_scaling_local) == (5e5, None)
+    smol = preset("SmolLM3-3B")
+    assert smol.nope_layers == tuple(range(3, 36, 4)) and smol.sliding_window is None and smol.tie_embeddings

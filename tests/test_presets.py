@@ -59,6 +59,8 @@ PUBLISHED_TOTALS = {
     "gemma-3-27b": 27_009_346_304,
     # Olmo-3-1025-7B: 7.30B, transformers' meta-device count from the config.json
     "Olmo-3-7B": 7_298_011_136,
+    # SmolLM3-3B: 3.08B, transformers' meta-device count from the config.json
+    "SmolLM3-3B": 3_075_098_624,
 }
 
 # transformers config fields that do not change the architecture

@@ -49,6 +49,7 @@ HUB_IDS = {
     "gemma-3-1b": "google/gemma-3-1b-pt",
     "gemma-3-27b": "google/gemma-3-27b-pt",  # the language model of the multimodal release (text_config)
     "Olmo-3-7B": "allenai/Olmo-3-1025-7B",
+    "SmolLM3-3B": "HuggingFaceTB/SmolLM3-3B",
 }
 
 

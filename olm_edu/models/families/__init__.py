@@ -52,3 +52,4 @@ from olm_edu.models.families import gpt_oss  # noqa: E402,F401
 from olm_edu.models.families import gemma3_text  # noqa: E402,F401
 from olm_edu.models.families import olmo2  # noqa: E402,F401
 from olm_edu.models.families import olmo3  # noqa: E402,F401
+from olm_edu.models.families import smollm3  # noqa: E402,F401
