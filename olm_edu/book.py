@@ -47,7 +47,8 @@ __all__ = [
 PARTS: list[tuple[str, int, int]] = [
     ("Part 0 — Start here", 0, 0),
     ("Part I — GPT-2 from scratch", 1, 8),
-    ("Part II — Knob by knob to modern LLMs", 9, 99),
+    ("Part II — Knob by knob to modern LLMs", 9, 19),
+    ("Part III — The 2025 releases", 20, 99),
 ]
 FRONT_MATTER = "intro"  # book/intro.md, the landing page
 BACK_MATTER: list[str] = ["glossary", "api"]  # book/glossary.md, book/api.md, under "Reference"
