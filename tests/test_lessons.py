@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from olm_edu import authoring
-from tests.wrong_answers import WRONG_ANSWERS
+from tests.wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = authoring.solution_notebooks(ROOT / "solutions")
@@ -145,6 +145,11 @@ def test_each_check_rejects_plausible_wrong_answers_with_its_message(name):
                     ename, printed = _run_cell(client, nb, index)
                     assert ename == "CheckFailed", f"{meta['grade_id']} accepted:\n{source}"
                     assert "❌" in printed and fragment in printed, printed
+                for source in CORRECT_ANSWERS.get(name, {}).get(nbgrader(nb.cells[solution_index])["grade_id"], []):
+                    nb.cells[solution_index].source = source
+                    assert _run_cell(client, nb, solution_index)[0] is None
+                    ename, printed = _run_cell(client, nb, index)
+                    assert ename is None and "✅" in printed, f"{meta['grade_id']} rejected a correct answer:\n{printed}"
                 nb.cells[solution_index].source = correct
                 assert _run_cell(client, nb, solution_index)[0] is None
             ename, printed = _run_cell(client, nb, index)

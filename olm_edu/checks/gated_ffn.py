@@ -56,6 +56,10 @@ def _load(check: Check, module: object, weights: dict[str, torch.Tensor], call: 
     theirs = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     ours = {name: tuple(t.shape) for name, t in weights.items()}
     if theirs != ours:
+        biases = {name: shape for name, shape in ours.items() if name.endswith(".bias")}
+        if biases and {n: s for n, s in theirs.items()} == {n: s for n, s in ours.items() if n not in biases}:
+            check.fail(f"{call} made no biases although bias=True was passed: give each nn.Linear bias=bias "
+                       "(the argument), not a fixed bias=False")
         missing = ", ".join(f"{n} {s}" for n, s in ours.items() if theirs.get(n) != s) or "none"
         extra = ", ".join(f"{n} {s}" for n, s in theirs.items() if ours.get(n) != s) or "none"
         check.fail(f"{call} does not hold the parameters the check expects. Missing or with another shape: "
@@ -136,7 +140,7 @@ def swiglu(check: Check, swiglu_class: Callable[..., nn.Module]) -> None:
     """SwiGLU(embed_dim, hidden_dim, bias=False): down(silu(gate x) * up x), SiLU written by hand."""
     check.forbid("torch.nn.functional.silu",
                  reason="Exercise 1 asks you to write SiLU yourself, gate * torch.sigmoid(gate) (nn.SiLU calls it too)")
-    sizes = [(16, 40, False), (24, 64, False)]
+    sizes = [(16, 40, False), (24, 64, True)]  # the exercise asks for bias=False and bias=True
     if check.hidden:
         sizes += [(32, 88, True), (8, 8, False), (1, 3, True)]
     hint = "self.down_proj(gate * torch.sigmoid(gate) * self.up_proj(x)) with gate = self.gate_proj(x)"
@@ -148,7 +152,8 @@ def swiglu(check: Check, swiglu_class: Callable[..., nn.Module]) -> None:
         module = check.call(swiglu_class, *args, what=call, **kwargs)
         weights = _weights(check, embed_dim, hidden_dim, bias)
         _load(check, module, weights, call, _LAYER_NAMES + ("" if bias else " (no biases unless bias=True)"))
-        shapes = [(2, 5, embed_dim), (3, embed_dim)] + ([(embed_dim,), (1, 1, 2, embed_dim)] if check.hidden else [])
+        # (..., embed_dim): three leading shapes in view, one more when grading
+        shapes = [(2, 5, embed_dim), (3, embed_dim), (embed_dim,)] + ([(1, 1, 2, embed_dim)] if check.hidden else [])
         _run_ffn(check, module, call, weights, shapes, F.silu, _swiglu_mistakes, hint)
 
 
@@ -176,9 +181,9 @@ def _geglu_mistakes(approximate: str):
 @exercise("Exercise 2 — GeGLU")
 def geglu(check: Check, geglu_class: Callable[..., nn.Module]) -> None:
     """GeGLU(embed_dim, hidden_dim, approximate="tanh", bias=False): down(gelu(gate x) * up x)."""
-    cases = [(16, 40, None, False), (24, 64, "none", False)]
+    cases = [(16, 40, None, False), (24, 64, "none", False), (8, 8, "none", True)]  # with and without biases
     if check.hidden:
-        cases += [(32, 88, "tanh", True), (8, 8, "none", True)]
+        cases += [(32, 88, "tanh", True), (12, 20, "tanh", False)]
     for embed_dim, hidden_dim, approximate, bias in cases:
         kwargs = {}
         if approximate is not None:

@@ -67,17 +67,24 @@ def repeat_kv(check: Check, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> 
     check.forbid(*_REPEAT_INTERLEAVE, reason="Exercise 1 asks you to build the repetition yourself "
                  "(expand + reshape, or indexing)")
     # (B, H_kv, T, d), groups; H_kv > 1 with groups > 1 tells tiling from interleaving
+    # the last visible case is a transposed view (keys as attention makes them): `view` refuses it
     cases: list[tuple[tuple[int, ...], int]] = [((2, 2, 5, 4), 3), ((1, 4, 3, 8), 2), ((1, 1, 6, 4), 4),
-                                                 ((2, 3, 4, 2), 1)]
+                                                 ((2, 3, 4, 2), 1), ((2, 3, 5, 4), 2)]
+    non_contiguous = {len(cases) - 1}
     if check.hidden:
         cases += [((3, 3, 7, 2), 5), ((1, 8, 9, 16), 4), ((2, 2, 1, 3), 2)]
+        non_contiguous.add(len(cases) - 2)
     for index, (shape, groups) in enumerate(cases):
         x = check.randn(*shape)
-        if check.hidden and index == len(cases) - 2:  # a non-contiguous input (a transposed view)
+        if index in non_contiguous:  # (B, T, H_kv, d) transposed to (B, H_kv, T, d), as after a projection
             x = check.randn(shape[0], shape[2], shape[1], shape[3]).transpose(1, 2)
         original = x.clone()
         what = f"repeat_kv(x of shape {tuple(x.shape)}, groups={groups})"
-        got = check.call(fn, x, groups, what=what)
+        if index in non_contiguous:
+            what += " [a transposed, non-contiguous view]"
+        got = check.call(fn, x, groups, what=what,
+                         hint="x may be a non-contiguous view (keys come out of a transpose): .view() refuses it, "
+                              "use x[:, :, None] or .unsqueeze(2), then .expand(...) and .reshape(...)")
         check.expect(torch.equal(x, original), f"{what} changed its input in place; build a new tensor")
         wrong_dim = _wrong_dim_message(got, x, groups)
         if wrong_dim:

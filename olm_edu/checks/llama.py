@@ -205,6 +205,10 @@ def _layer_mistakes(cfg: ModelConfig, weights: dict[str, torch.Tensor], x: torch
             cfg.replace(norm="layernorm", norm_bias=False),
         "the gate uses GELU (GeGLU, Gemma's); Llama's SwiGLU uses SiLU. Hint: SwiGLUFFN": cfg.replace(activation="gelu_tanh"),
     }
+    if cfg.rope_theta != 500_000.0:
+        variant_configs["RoPE uses Llama 3's base 500000, but this config's rope_theta is "
+                        f"{cfg.rope_theta:g}. Hint: pass rope_theta=cfg.rope_theta to Attention"] = cfg.replace(
+            rope_theta=500_000.0)
     if cfg.norm_eps != 1e-6:
         variant_configs["the norms use eps=1e-6 (RMSNorm's default); this config's is cfg.norm_eps="
                         f"{cfg.norm_eps:g}. Hint: RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)"] = cfg.replace(norm_eps=1e-6)
@@ -229,13 +233,19 @@ def _layer_mistakes(cfg: ModelConfig, weights: dict[str, torch.Tensor], x: torch
 # -- Exercise 1: the decoder layer --------------------------------------------------------------
 
 def _layer_configs(check: Check) -> list[ModelConfig]:
-    configs = [llama_config(embed_dim=32, num_heads=4, num_kv_heads=2, hidden_dim=96)]
+    # The exercise says every size and RoPE setting must come from cfg: the visible configs differ
+    # from Llama 3.1 8B in each (head_dim, norm_eps, num_kv_heads, rope_theta, rope_scaling).
+    configs = [
+        llama_config(embed_dim=32, num_heads=4, num_kv_heads=2, hidden_dim=96),
+        llama_config(embed_dim=48, num_heads=4, num_kv_heads=1, head_dim=16, hidden_dim=128, norm_eps=0.05),
+        llama_config(embed_dim=32, num_heads=2, num_kv_heads=None, hidden_dim=64, rope_scaling=None,
+                     rope_theta=10_000.0),
+    ]
     if check.hidden:
         configs += [
-            llama_config(embed_dim=48, num_heads=4, num_kv_heads=1, head_dim=16, hidden_dim=128, norm_eps=0.05),
-            llama_config(embed_dim=32, num_heads=2, num_kv_heads=None, hidden_dim=64, rope_scaling=None,
-                         rope_theta=10_000.0),
             llama_config(embed_dim=64, num_heads=8, num_kv_heads=4, hidden_dim=160, max_seq_len=16),
+            llama_config(embed_dim=40, num_heads=5, num_kv_heads=1, head_dim=12, hidden_dim=72, norm_eps=1e-3,
+                         rope_theta=50_000.0),
         ]
     return configs
 
@@ -466,9 +476,11 @@ def _preset_json(name: str) -> dict:
 def param_count(check: Check, fn: Callable[[dict], int]) -> None:
     configs = [(name, _preset_json(name)) for name in ("Llama-3.1-8B", "Llama-3.2-1B")]
     configs += [("a random Llama config", _random_config(check, False)) for _ in range(4 if not check.hidden else 10)]
+    # the exercise asks to read head_dim when the key is present: one such config in view, more when grading
+    configs += [("a random Llama config with its own head_dim", _random_config(check, True))
+                for _ in range(1 if not check.hidden else 4)]
     if check.hidden:
         configs += [(name, _preset_json(name)) for name in ("Llama-3.1-70B", "Llama-3.1-405B")]
-        configs += [("a random Llama config with its own head_dim", _random_config(check, True)) for _ in range(4)]
     wrong = []  # (call, expected, got, the mistakes that fit)
     for label, config in configs:
         cfg = from_hf_config(config)

@@ -14,8 +14,10 @@ Every reference is written here from the formulas, in float64, independently of 
 A token's k experts may come back in any order: routing is compared expert by expert (both sides
 sorted by expert index). Gradients are compared too, because a router learns only through them.
 When an answer is wrong the check computes the usual mistakes (no renormalisation, a softmax over
-the chosen logits only, unweighted outputs, no factor E, counts instead of fractions, a z-loss
-that is not squared, ...) and names the one the answer matches.
+the chosen logits only, unweighted outputs, an output assigned where it must be added, a global
+top_k used instead of the argument k, no factor E, counts instead of fractions, a z-loss that is
+not squared, ...) and names the one the answer matches. The MoE forward is also given an expert
+that no token chooses, with NaN weights: a sparse layer never runs it (the exercise asks for that).
 
 Tolerances (float32 inputs, float64 references): routing weights atol=1e-6, rtol=1e-5 (a softmax
 and a division); the MoE output atol=1e-5, rtol=1e-4 (three matmuls per expert); the losses
@@ -269,23 +271,62 @@ def _moe_mistakes(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor, up:
     ])  # fmt: skip
     mistakes["you scaled each expert's INPUT by its routing weight; the weight multiplies the expert's OUTPUT: "
              "weight * expert(x), not expert(weight * x)"] = scaled_inputs
+    if k > 1:  # out[tokens] = ... keeps only the expert written last: the highest index, or the last slot
+        last_expert = torch.zeros_like(weights).scatter(1, experts.argmax(dim=-1, keepdim=True), 1.0) * weights
+        by_probability = weights.argsort(dim=-1, descending=True)  # topk's slot order
+        last_slot = torch.zeros_like(weights).scatter(1, by_probability[:, -1:], 1.0) * weights
+        overwrite = ("each token's output holds only ONE of its k experts' weighted outputs, the one written last "
+                     "({}): you assigned (out[tokens] = ...) where you must add (out[tokens] += ... or "
+                     "out = out.index_add(0, tokens, ...)), since a token receives k contributions")
+        mistakes[overwrite.format("its expert with the highest index")] = _combine(dense(last_expert), outputs)
+        mistakes[overwrite.format("its last slot, the smallest weight")] = _combine(dense(last_slot), outputs)
+    for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
+        if other_k != k:
+            other_weights, other_experts = reference_route(logits, other_k, renormalize=True)
+            mistakes[f"your output is that of top-{other_k} routing, but this case passes k={k}: route with the "
+                     f"argument k (route(logits, k)), not a notebook variable such as top_k"] = _combine(
+                _dense_gates(other_weights, other_experts, num_experts), outputs)
     return expected, mistakes
+
+
+def _poison_unused_expert(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor,
+                          up: torch.Tensor, down: torch.Tensor) -> int:
+    """Make the last expert one that no token chooses, and fill its weights with NaN (in place).
+
+    x's first feature is made positive (>= 0.5) and the last router row is -20 along it, so that
+    expert's logit is below -10 while the others are about N(0, 2^2): it is never among the top-k.
+    A sparse MoE never runs it; code that runs every expert on every token (weight 0 for the
+    unchosen ones) gets 0 * NaN = NaN.
+    """
+    unused = router.shape[0] - 1
+    x[..., 0] = x[..., 0].abs() + 0.5
+    router[unused] = 0.0
+    router[unused, 0] = -20.0
+    for weight in (gate, up, down):
+        weight[unused] = float("nan")
+    return unused
 
 
 @exercise("Exercise 2 — the MoE forward")
 def moe_forward(check: Check, fn: Callable) -> None:
-    cases = [  # (B, T, d, E, F, k)
-        (2, 5, 16, 4, 24, 2),
-        (1, 9, 8, 8, 12, 2),
+    cases = [  # (B, T, d, E, F, k, an unused expert with NaN weights)
+        (2, 5, 16, 4, 24, 2, False),
+        (1, 9, 8, 8, 12, 2, False),
+        (1, 7, 8, 6, 12, 3, False),  # k other than the notebook's top_k = 2
+        (2, 4, 8, 5, 12, 1, True),  # "run each expert only on the tokens that chose it"
     ]
     if check.hidden:
-        cases += [(2, 3, 8, 4, 16, 1), (1, 3, 16, 8, 8, 2), (1, 6, 12, 4, 20, 4), (3, 4, 8, 6, 10, 3)]
-    for index, (b, t, d, e, f, k) in enumerate(cases):
+        cases += [(2, 3, 8, 4, 16, 1, False), (1, 3, 16, 8, 8, 2, True), (1, 6, 12, 4, 20, 4, False),
+                  (3, 4, 8, 6, 10, 3, False)]
+    for index, (b, t, d, e, f, k, poisoned) in enumerate(cases):
         x = check.randn(b, t, d)
         router, gate, up, down = _moe_weights(check, e, d, f)
+        unused = _poison_unused_expert(x, router, gate, up, down) if poisoned else None
         originals = [tensor.clone() for tensor in (x, router, gate, up, down)]
         what = (f"moe_forward(x {tuple(x.shape)}, router_weight ({e}, {d}), gate_proj/up_proj ({e}, {f}, {d}), "
                 f"down_proj ({e}, {d}, {f}), k={k})")
+        if poisoned:
+            what += f" [no token chooses expert {unused}, whose weights are NaN]"
         if index == 0:
             router = router.clone().requires_grad_(True)
         got = check.call(fn, x, router, gate, up, down, k, what=what,
@@ -293,9 +334,17 @@ def moe_forward(check: Check, fn: Callable) -> None:
                               "is h @ gate_proj[e].T")
         for tensor, original, name in zip((x, router, gate, up, down), originals,
                                           ("x", "router_weight", "gate_proj", "up_proj", "down_proj")):
-            check.expect(torch.equal(tensor.detach(), original),
-                         f"{what} changed its input {name}; compute on new tensors")
+            check.expect(torch.equal(tensor.detach(), original) or (poisoned and torch.equal(
+                tensor.detach().nan_to_num(7.0), original.nan_to_num(7.0))),
+                f"{what} changed its input {name}; compute on new tensors")
         flat = [tensor.double() for tensor in originals]
+        if poisoned:  # the reference weighs the unused expert by 0; any finite weights do
+            flat[2:] = [weight.nan_to_num(0.0) for weight in flat[2:]]
+            if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.isnan(got).any():
+                check.fail(f"{what}: your output has NaN, which only expert {unused} could bring in, and no token "
+                           "chose it: you ran every expert on every token (with weight 0 for the unchosen ones). "
+                           "Run each expert only on the tokens that chose it: tokens, slot = "
+                           "torch.where(experts == expert)")
         expected, mistakes = _moe_mistakes(flat[0].reshape(-1, d), *flat[1:], k)
         shape = (b, t, d)
         reshaped = {message: value.reshape(shape) for message, value in mistakes.items()}
@@ -349,6 +398,10 @@ def _balance_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
                  f"divides by the number of tokens N, so f sums to k and even routing gives k = {k}"] = expected / k
         mistakes["you counted only each token's first choice; f_e counts every one of its k choices "
                  "(bincount of all of topk(...).indices)"] = num_experts * (first_only * probabilities.mean(0)).sum()
+    for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
+        if other_k != k:
+            mistakes[f"your loss is the one for top-{other_k} routing, but this case passes k={k}: use the argument "
+                     f"k, not a notebook variable such as top_k"] = reference_balance(logits, other_k)
     return mistakes
 
 
@@ -366,13 +419,14 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
         (check.randn(20, 4), 1, "20 tokens, 4 experts, top-1 (the Switch Transformer)"),
         (_collapsed_logits(16, 8, 2, check), 2,
          "collapsed routing: every token prefers experts 0 and 1 (loss near E = 8)"),
+        (check.randn(10, 8, scale=3.0) + 100.0, 2, "large logits, about 100 (exp overflows float32 above 88)"),
     ]
     if check.hidden:
         cases += [
             (check.randn(1, 8), 2, "a single token"),
             (check.randn(64, 64, scale=3.0), 6, "64 experts, top-6"),
             (check.randn(12, 6, dtype=torch.float64), 3, "float64 logits"),
-            (check.randn(10, 8, scale=3.0) + 100.0, 2, "large logits, about 100"),
+            (check.randn(16, 8, scale=3.0) - 100.0, 3, "large negative logits, about -100, top-3"),
         ]
     for index, (logits, k, description) in enumerate(cases):
         n, e = logits.shape
@@ -387,7 +441,8 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
         check.close_or_diagnose(
             got, reference_balance(original, k), _balance_mistakes(original, k), what=what, **LOSS_TOL,
             hint="P = softmax(logits, dim=-1).mean(dim=0); f = bincount of the top-k expert indices (minlength=E) / N; "
-                 "loss = E * (f * P).sum()",
+                 "loss = E * (f * P).sum()" + ("; with logits this large, exp overflows unless you use torch.softmax "
+                                               "(or subtract the row maximum first)" if "large" in description else ""),
         )
         if index in (0, 1):
             hint = ("The gradient flows through P (the mean probabilities); f is a count and has none. Keep the "

@@ -161,9 +161,11 @@ def _reference_attention(x, weights, embed_dim, num_heads, num_kv_heads, head_di
 
 @exercise("Exercise 1 — attention with QK-norm")
 def qk_norm_attention(check: Check, attention_class: Callable[..., nn.Module]) -> None:
-    cases = [(32, 4, 2, 8, 7), (24, 2, 2, 12, 6)]
+    # the last visible case has num_heads * head_dim = 96 != embed_dim = 48 (as Qwen 3 often has):
+    # head_dim is an argument, not embed_dim // num_heads
+    cases = [(32, 4, 2, 8, 7), (24, 2, 2, 12, 6), (48, 6, 3, 16, 9)]
     if check.hidden:
-        cases += [(64, 8, 1, 8, 12), (16, 4, 4, 4, 1), (48, 6, 3, 16, 9)]
+        cases += [(64, 8, 1, 8, 12), (16, 4, 4, 4, 1), (20, 4, 2, 8, 5)]
     for embed_dim, num_heads, num_kv_heads, head_dim, length in cases:
         call = f"QKNormAttention(embed_dim={embed_dim}, num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim})"
         module = check.call(attention_class, embed_dim, num_heads, num_kv_heads, head_dim, rope_theta=ROPE_THETA,
@@ -179,9 +181,14 @@ def qk_norm_attention(check: Check, attention_class: Callable[..., nn.Module]) -
                 module.get_parameter(name).copy_(value)
         x = check.randn(2, length, embed_dim)
         what = f"{call} on a random (2, {length}, {embed_dim}) input"
+        own_width = "" if num_heads * head_dim == embed_dim else (
+            f"; here head_dim={head_dim} is not embed_dim // num_heads = {embed_dim // num_heads}: take the head "
+            f"width from self.head_dim, and merge the heads back to num_heads * head_dim = {num_heads * head_dim}, "
+            f"not embed_dim")
         got = check.call(module, x.clone(), what=what,
                          hint="check the shapes: q is (B, num_heads, T, head_dim), k and v are (B, num_kv_heads, T, "
-                              "head_dim); q_norm and k_norm hold head_dim gains, so apply them after splitting the heads")
+                              "head_dim); q_norm and k_norm hold head_dim gains, so apply them after splitting the "
+                              "heads" + own_width)
         expected = _reference_attention(x, weights, embed_dim, num_heads, num_kv_heads, head_dim)
         check.close_or_diagnose(
             got, expected, _attention_mistakes(x, weights, num_heads, num_kv_heads, head_dim, embed_dim),
