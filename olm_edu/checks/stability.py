@@ -237,7 +237,10 @@ def z_loss(check: Check, fn: ZLossFn) -> None:
     for shape in shapes:
         logits = check.randn(*shape, scale=2.0) + check.randn(*shape[:-1], 1, scale=3.0)  # log Z of both signs
         what = f"z_loss of random logits of shape {shape}"
-        got = check.call(fn, logits.clone(), what=what)
+        given = logits.clone()
+        got = check.call(fn, given, what=what)
+        check.expect(torch.equal(given, logits), f"{what} changed the logits it was given (an in-place operation "
+                     "such as -= or sub_): the model's logits are used again for the cross-entropy; compute on new tensors")
         if isinstance(got, torch.Tensor) and got.dim() != 0:
             check.fail(f"{what}: expected a single number (a 0-dim tensor), got shape {tuple(got.shape)}. Hint: "
                        "average (log Z)^2 over every position")
@@ -292,7 +295,10 @@ def softcap(check: Check, fn: SoftcapFn) -> None:
     for cap in caps:
         x = check.randn(4, 9, scale=1.5 * cap)  # from well inside the cap to well beyond it
         what = f"softcap of a random (4, 9) tensor with cap={cap:g}"
-        got = check.call(fn, x.clone(), cap, what=what)
+        given = x.clone()
+        got = check.call(fn, given, cap, what=what)
+        check.expect(torch.equal(given, x), f"{what} changed x in place (div_, tanh_, mul_ or /=): return a new "
+                     "tensor; the caller still needs x")
         expected = cap * torch.tanh(x.double() / cap)
         check.close_or_diagnose(got, expected, _softcap_mistakes(x, cap), what=what, atol=1e-5, rtol=1e-5,
                                 hint="cap * torch.tanh(x / cap)")

@@ -306,7 +306,10 @@ def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
                         0.5 * check.randn(32, dtype=torch.float64), 1e-6)]
     for label, x, weight, eps in norm_cases:
         what = f"gemma_rms_norm on {label} (eps={eps:g})"
-        got = check.call(norm_fn, x.clone(), weight.clone(), eps, what=what, hint=norm_hint)
+        given = (x.clone(), weight.clone())
+        got = check.call(norm_fn, *given, eps, what=what, hint=norm_hint)
+        check.expect(torch.equal(given[0], x) and torch.equal(given[1], weight),
+                     f"{what} changed x or weight in place (mul_, *=, +=): return a new tensor")
         check.close_or_diagnose(got, _gemma_norm(x, weight, eps), _norm_mistakes(x, weight, eps), what=what,
                                 atol=NORM_ATOL, rtol=NORM_RTOL, hint=norm_hint)
 
@@ -324,7 +327,11 @@ def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
         x = check.randn(2, length, embed_dim)
         what = f"gemma2_layer on a (2, {length}, {embed_dim}) input"
         with torch.no_grad():
-            got = check.call(layer_fn, x.clone(), attention, mlp, dict(weights), 1e-6, what=what, hint=layer_hint)
+            given = x.clone()
+            got = check.call(layer_fn, given, attention, mlp, dict(weights), 1e-6, what=what, hint=layer_hint)
+        check.expect(torch.equal(given, x), f"{what} changed x in place (x += ... adds the residual into the "
+                     "caller's tensor): write h = x + ..., a new tensor")
+        with torch.no_grad():
             expected = _sandwich(x, attention, mlp, weights, 1e-6)
             mistakes = _layer_mistakes(x, attention, mlp, weights, 1e-6)
         check.close_or_diagnose(got, expected, mistakes, what=what, atol=NORM_ATOL, rtol=NORM_RTOL, hint=layer_hint)

@@ -79,12 +79,18 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_Z_LOSS_HEAD + "    return torch.logsumexp(logits, dim=-1).square().sum()\n", "you summed (log Z)^2"),
             (_Z_LOSS_HEAD + "    return logits.exp().sum(dim=-1).log().square().mean()\n", "exp(100) overflows float32"),
             (_Z_LOSS_HEAD + "    return logits.square().mean()\n", "you penalised the squared logits"),
+            (  # stable, but shifts the caller's logits in place
+                _Z_LOSS_HEAD + "    top = logits.amax(dim=-1, keepdim=True)\n    logits -= top\n"
+                "    return (top.squeeze(-1) + logits.exp().sum(dim=-1).log()).square().mean()\n",
+                "changed the logits it was given",
+            ),
         ],
         "softcap": [
             (_SOFTCAP_HEAD + "    return cap * torch.tanh(x)\n", "without dividing by the cap"),
             (_SOFTCAP_HEAD + "    return torch.tanh(x / cap)\n", "forgot to multiply by the cap"),
             (_SOFTCAP_HEAD + "    return x.clamp(-cap, cap)\n", "you clamped x"),
             ("def softcap(x, cap):\n    return cap * torch.tanh(x / cap)\n", "models without soft-capping pass cap=None"),
+            (_SOFTCAP_HEAD + "    return x.div_(cap).tanh_().mul_(cap)\n", "changed x in place"),
         ],
     },
 }
@@ -104,5 +110,11 @@ CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
             "        weights = scores.masked_fill(future, float('-inf')).softmax(dim=-1)\n"
             "        return self.o_proj((weights @ v).transpose(1, 2).flatten(2))\n",
         ],
+        "z_loss": [  # the log-sum-exp written out with the row maximum, on a new tensor
+            _Z_LOSS_HEAD + "    top = logits.amax(dim=-1, keepdim=True)\n"
+            "    log_z = top.squeeze(-1) + (logits - top).exp().sum(dim=-1).log()\n"
+            "    return (log_z * log_z).sum() / log_z.numel()\n",
+        ],
+        "softcap": [_SOFTCAP_HEAD + "    return cap * (2 * torch.sigmoid(2 * x / cap) - 1)\n"],  # tanh t = 2 sigmoid(2t) - 1
     },
 }
