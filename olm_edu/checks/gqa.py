@@ -24,6 +24,8 @@ import torch
 
 from olm_edu import analysis
 from olm_edu.grading import Check, exercise
+from olm_edu.nn import attend, attention_mask
+from olm_edu.nn.attention import repeat_kv as library_repeat_kv
 from olm_edu.models import ModelConfig, preset
 
 _REPEAT_INTERLEAVE = ("torch.repeat_interleave", "torch.Tensor.repeat_interleave")
@@ -244,3 +246,24 @@ def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
         check.count(got, expected, _cache_mistakes(cfg, seq_len, bytes_per_number, batch_size), what=what,
                     hint="2 (K and V) * num_layers * kv_heads * head_size * seq_len * batch_size * bytes_per_number")
 
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """olm_edu.nn.repeat_kv. Shapes: (B, H_kv, T, d) -> (B, H_kv * groups, T, d)."""
+    return library_repeat_kv(x, groups)
+
+
+def reference_grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA with olm_edu.nn.attend on repeated keys and values. Shapes: as Exercise 2."""
+    groups = q.shape[1] // k.shape[1]
+    positions = torch.arange(q.shape[-2], device=q.device)
+    return attend(q, library_repeat_kv(k, groups), library_repeat_kv(v, groups), attention_mask(positions, positions),
+                  scale=q.shape[-1] ** -0.5, implementation="explicit")
+
+
+def reference_kv_cache_size(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)

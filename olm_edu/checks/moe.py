@@ -32,9 +32,11 @@ import torch
 from torch.nn import functional as F
 
 from olm_edu.grading import Check, exercise
+from olm_edu.nn import load_balancing_loss as library_balance
+from olm_edu.nn import router_z_loss as library_z_loss
 
-__all__ = ["route", "moe_forward", "load_balancing_loss", "router_z_loss", "reference_route", "reference_balance",
-           "reference_z_loss"]
+__all__ = ["route", "moe_forward", "load_balancing_loss", "router_z_loss", "reference_route", "reference_moe_forward",
+           "reference_load_balancing_loss", "reference_router_z_loss"]
 
 WEIGHT_TOL = dict(atol=1e-6, rtol=1e-5)
 OUTPUT_TOL = dict(atol=1e-5, rtol=1e-4)
@@ -44,7 +46,7 @@ GRAD_TOL = dict(atol=1e-5, rtol=1e-4)
 
 # -- references ------------------------------------------------------------------------------------
 
-def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _exact_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights (N, k), experts (N, k)), both sorted by expert index; float64 weights."""
     probabilities = torch.softmax(logits.double(), dim=-1)  # (N, E)
     experts = probabilities.topk(k, dim=-1).indices.sort(dim=-1).values  # (N, k)
@@ -78,7 +80,7 @@ def _combine(gates: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ne,end->nd", gates, outputs)
 
 
-def reference_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
+def _exact_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Switch load-balancing loss E * sum_e f_e P_e, f_e a fraction of the N tokens (sums to k)."""
     num_tokens, num_experts = logits.shape
     probabilities = torch.softmax(logits.double(), dim=-1)
@@ -87,7 +89,7 @@ def reference_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
     return num_experts * (fraction * probabilities.mean(dim=0)).sum()
 
 
-def reference_z_loss(logits: torch.Tensor) -> torch.Tensor:
+def _exact_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.double(), dim=-1).square().mean()
 
 
@@ -203,7 +205,7 @@ def route(check: Check, fn: Callable) -> None:
         what = f"route(logits of shape ({n}, {e}), k={k}, renormalize={renormalize}) [{description}]"
         weights, experts = _route_call(check, fn, logits, k, renormalize, what)
         check.expect(torch.equal(logits, original), f"{what} changed the logits it was given; compute on new tensors")
-        expected_weights, expected_experts = reference_route(original, k, renormalize)
+        expected_weights, expected_experts = _exact_route(original, k, renormalize)
         _check_experts(check, original, k, experts, expected_experts, what)
         _, got_weights = _by_expert(experts, weights)
         check.close_or_diagnose(
@@ -224,7 +226,7 @@ def route(check: Check, fn: Callable) -> None:
                     "do not detach them, call .item()/.tolist(), or compute them under torch.no_grad()")
             got = _gradient(check, sorted_weights, leaf, projection, what_grad, hint)
             reference_leaf = original.double().requires_grad_(True)
-            reference_weights, _ = reference_route(reference_leaf, k, renormalize)
+            reference_weights, _ = _exact_route(reference_leaf, k, renormalize)
             (expected,) = torch.autograd.grad((reference_weights * projection.double()).sum(), reference_leaf)
             check.close(got, expected, what=f"{what_grad} with respect to the logits", **GRAD_TOL, hint=hint)
 
@@ -243,8 +245,8 @@ def _moe_mistakes(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor, up:
     """The reference output (N, d) and the outputs of the usual mistakes."""
     num_experts = router.shape[0]
     logits = x @ router.T  # (N, E)
-    weights, experts = reference_route(logits, k, renormalize=True)
-    plain, _ = reference_route(logits, k, renormalize=False)
+    weights, experts = _exact_route(logits, k, renormalize=True)
+    plain, _ = _exact_route(logits, k, renormalize=False)
     outputs = _all_experts(x, gate, up, down)  # (E, N, d)
     dense = lambda w: _dense_gates(w, experts, num_experts)  # noqa: E731
     expected = _combine(dense(weights), outputs)
@@ -282,7 +284,7 @@ def _moe_mistakes(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor, up:
         mistakes[overwrite.format("its last slot, the smallest weight")] = _combine(dense(last_slot), outputs)
     for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
         if other_k != k:
-            other_weights, other_experts = reference_route(logits, other_k, renormalize=True)
+            other_weights, other_experts = _exact_route(logits, other_k, renormalize=True)
             mistakes[f"your output is that of top-{other_k} routing, but this case passes k={k}: route with the "
                      f"argument k (route(logits, k)), not a notebook variable such as top_k"] = _combine(
                 _dense_gates(other_weights, other_experts, num_experts), outputs)
@@ -365,7 +367,7 @@ def moe_forward(check: Check, fn: Callable) -> None:
                 check.fail(f"{what}: no gradient reaches router_weight. {hint}")
             reference_router = flat[1].clone().requires_grad_(True)
             logits = flat[0].reshape(-1, d) @ reference_router.T
-            weights, experts = reference_route(logits, k)
+            weights, experts = _exact_route(logits, k)
             out = _combine(_dense_gates(weights, experts, e), _all_experts(flat[0].reshape(-1, d), *flat[2:]))
             (expected_grad,) = torch.autograd.grad((out.reshape(shape) * projection.double()).sum(), reference_router)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to router_weight",
@@ -376,7 +378,7 @@ def moe_forward(check: Check, fn: Callable) -> None:
 
 def _balance_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     num_tokens, num_experts = logits.shape
-    expected = reference_balance(logits, k)
+    expected = _exact_balance(logits, k)
     probabilities = torch.softmax(logits.double(), dim=-1)
     experts = probabilities.topk(k, dim=-1).indices
     fraction = torch.bincount(experts.flatten(), minlength=num_experts).double() / num_tokens
@@ -401,7 +403,7 @@ def _balance_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
         if other_k != k:
             mistakes[f"your loss is the one for top-{other_k} routing, but this case passes k={k}: use the argument "
-                     f"k, not a notebook variable such as top_k"] = reference_balance(logits, other_k)
+                     f"k, not a notebook variable such as top_k"] = _exact_balance(logits, other_k)
     return mistakes
 
 
@@ -439,7 +441,7 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: stay in tensor "
                        "operations (no .item(), no Python float): the loss must carry a gradient")
         check.close_or_diagnose(
-            got, reference_balance(original, k), _balance_mistakes(original, k), what=what, **LOSS_TOL,
+            got, _exact_balance(original, k), _balance_mistakes(original, k), what=what, **LOSS_TOL,
             hint="P = softmax(logits, dim=-1).mean(dim=0); f = bincount of the top-k expert indices (minlength=E) / N; "
                  "loss = E * (f * P).sum()" + ("; with logits this large, exp overflows unless you use torch.softmax "
                                                "(or subtract the row maximum first)" if "large" in description else ""),
@@ -449,7 +451,7 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
                     "softmax in the graph: no .detach(), .item() or torch.no_grad() around P")
             got_grad = _gradient(check, got, leaf, None, what, hint)
             reference_leaf = original.double().requires_grad_(True)
-            (expected_grad,) = torch.autograd.grad(reference_balance(reference_leaf, k), reference_leaf)
+            (expected_grad,) = torch.autograd.grad(_exact_balance(reference_leaf, k), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
                         hint=hint + ". f must not carry a gradient either: build it from the integer top-k indices")
 
@@ -499,7 +501,7 @@ def router_z_loss(check: Check, fn: Callable) -> None:
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: no .item(): the loss "
                        "must carry a gradient")
         check.close_or_diagnose(
-            got, reference_z_loss(original), _z_mistakes(original), what=what, **LOSS_TOL,
+            got, _exact_z_loss(original), _z_mistakes(original), what=what, **LOSS_TOL,
             hint="torch.logsumexp(logits, dim=-1).square().mean(); log(exp(logits).sum(-1)) overflows for logits "
                  "above about 88 in float32, logsumexp does not",
         )
@@ -507,7 +509,42 @@ def router_z_loss(check: Check, fn: Callable) -> None:
             hint = "keep the loss in the autograd graph (no .detach(), .item() or torch.no_grad())"
             got_grad = _gradient(check, got, leaf, None, what, hint)
             reference_leaf = original.double().requires_grad_(True)
-            (expected_grad,) = torch.autograd.grad(reference_z_loss(reference_leaf), reference_leaf)
+            (expected_grad,) = torch.autograd.grad(_exact_z_loss(reference_leaf), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
                         hint=hint)
 
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, experts), each (N, k), in the logits' dtype (what olm_edu.nn.Router computes)."""
+    weights, experts = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+def reference_moe_forward(x: torch.Tensor, router_weight: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
+                          down_proj: torch.Tensor, k: int) -> torch.Tensor:
+    """Mixtral's layer with olm_edu.nn.Experts' loop: x (B, T, d) -> (B, T, d)."""
+    flat = x.reshape(-1, x.shape[-1])  # (N, d)
+    weights, experts = reference_route(flat @ router_weight.T, k)
+    out = torch.zeros_like(flat)
+    for expert in experts.unique().tolist():
+        tokens, slot = torch.where(experts == expert)
+        out = out.index_add(0, tokens, _one_expert(flat[tokens], gate_proj[expert], up_proj[expert],
+                                                   down_proj[expert]) * weights[tokens, slot, None])
+    return out.reshape(x.shape)
+
+
+def reference_load_balancing_loss(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """olm_edu.nn.load_balancing_loss on softmax scores and their top-k experts."""
+    scores = torch.softmax(logits, dim=-1)
+    return library_balance(scores, scores.topk(k, dim=-1).indices)
+
+
+def reference_router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """olm_edu.nn.router_z_loss."""
+    return library_z_loss(logits)
