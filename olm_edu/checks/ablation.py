@@ -56,6 +56,30 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_matched_hidden_dim(variant: ModelConfig, baseline: ModelConfig) -> int:
+    """The hidden_dim whose count_params(...).non_embedding is closest to the baseline's."""
+    return _closest_width(variant, count_params(baseline).non_embedding)
+
+
+def reference_seed_summary(final_losses: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """{variant: (mean, sample standard deviation)}."""
+    return {name: (statistics.mean(losses), statistics.stdev(losses)) for name, losses in final_losses.items()}
+
+
+def reference_real_differences(final_losses: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, bool]]:
+    """{variant: (mean - baseline mean, |difference| > sd + baseline sd)}."""
+    return _reference_real(final_losses, baseline)
+
+
+def reference_tokens_per_second(step_seconds: list[float], batch_size: int, block_size: int, warmup: int) -> float:
+    """batch_size * block_size / the median step time after the warm-up."""
+    return batch_size * block_size / statistics.median(step_seconds[warmup:])
+
+
 # ---------------------------------------------------------------------------
 # Exercise 1 — the width that matches the baseline's size
 # ---------------------------------------------------------------------------
@@ -377,27 +401,3 @@ def tokens_per_second(check: Check, fn: Callable[[list[float], int, int, int], f
             check.fail(f"{call}: expected {expected:.6g} tokens/s, got {got:.6g}. Hint: batch_size * block_size / "
                        "median(step_seconds[warmup:])")
         check.passed += 1
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_matched_hidden_dim(variant: ModelConfig, baseline: ModelConfig) -> int:
-    """The hidden_dim whose count_params(...).non_embedding is closest to the baseline's."""
-    return _closest_width(variant, count_params(baseline).non_embedding)
-
-
-def reference_seed_summary(final_losses: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
-    """{variant: (mean, sample standard deviation)}."""
-    return {name: (statistics.mean(losses), statistics.stdev(losses)) for name, losses in final_losses.items()}
-
-
-def reference_real_differences(final_losses: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, bool]]:
-    """{variant: (mean - baseline mean, |difference| > sd + baseline sd)}."""
-    return _reference_real(final_losses, baseline)
-
-
-def reference_tokens_per_second(step_seconds: list[float], batch_size: int, block_size: int, warmup: int) -> float:
-    """batch_size * block_size / the median step time after the warm-up."""
-    return batch_size * block_size / statistics.median(step_seconds[warmup:])

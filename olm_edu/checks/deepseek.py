@@ -41,6 +41,35 @@ from olm_edu.models import ModelConfig, preset
 ATOL, RTOL = 1e-5, 1e-4
 ROUTE_ATOL, ROUTE_RTOL = 1e-6, 1e-5
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_mla_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)
+
+
+def reference_latent_attention(q_content: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                               key_up: torch.Tensor, value_up: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Attention from the latent (the check's float64 reference), in the queries' dtype: (B, H, T, d_v)."""
+    return _latent_attention_reference(q_content, q_rope, latent, k_rope, key_up, value_up,
+                                       positions).to(q_content.dtype)
+
+
+def reference_deepseek_route(logits: torch.Tensor, selection_bias: torch.Tensor, k: int, num_groups: int,
+                             groups_per_token: int, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's routing (weights in the logits' dtype, experts sorted by index), each (N, k)."""
+    weights, experts = _route_reference(logits, selection_bias, k, num_groups, groups_per_token, scaling_factor)
+    return weights.to(logits.dtype), experts
+
+
+def reference_update_selection_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
+    """b + rate * sign(mean load - load): idle experts up, busy ones down."""
+    load = tokens_per_expert.float()
+    return bias + rate * torch.sign(load.mean() - load).to(bias.dtype)
+
+
 # -- Exercise 1: MLA's cache in bytes -------------------------------------------------------------
 
 
@@ -419,32 +448,3 @@ def update_selection_bias(check: Check, fn: Callable[..., torch.Tensor]) -> None
         check.close_or_diagnose(got, expected, mistakes, what=what, atol=ROUTE_ATOL, rtol=ROUTE_RTOL,
                                 hint="b + rate * sign(mean load - load): -rate for experts above the mean, "
                                      "+rate below it, 0 exactly at it")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_mla_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
-    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
-    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)
-
-
-def reference_latent_attention(q_content: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
-                               key_up: torch.Tensor, value_up: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Attention from the latent (the check's float64 reference), in the queries' dtype: (B, H, T, d_v)."""
-    return _latent_attention_reference(q_content, q_rope, latent, k_rope, key_up, value_up,
-                                       positions).to(q_content.dtype)
-
-
-def reference_deepseek_route(logits: torch.Tensor, selection_bias: torch.Tensor, k: int, num_groups: int,
-                             groups_per_token: int, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek-V3's routing (weights in the logits' dtype, experts sorted by index), each (N, k)."""
-    weights, experts = _route_reference(logits, selection_bias, k, num_groups, groups_per_token, scaling_factor)
-    return weights.to(logits.dtype), experts
-
-
-def reference_update_selection_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
-    """b + rate * sign(mean load - load): idle experts up, busy ones down."""
-    load = tokens_per_expert.float()
-    return bias + rate * torch.sign(load.mean() - load).to(bias.dtype)

@@ -119,6 +119,27 @@ def _run_ffn(check: Check, module: nn.Module, call: str, weights: dict[str, torc
         check.expect(got.dtype == torch.float32, f"{what}: a float32 input should give a float32 output, got {got.dtype}")
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_swiglu(embed_dim: int, hidden_dim: int, bias: bool = False) -> nn.Module:
+    """olm_edu.nn.SwiGLUFFN: the same gate_proj, up_proj and down_proj."""
+    return SwiGLUFFN(embed_dim, hidden_dim, bias=bias)
+
+
+def reference_geglu(embed_dim: int, hidden_dim: int, approximate: str = "tanh", bias: bool = False) -> nn.Module:
+    """olm_edu.nn.GeGLUFFN (tanh GELU) or a GatedFFN with the exact GELU; the same layer names."""
+    module = GatedFFN(embed_dim, hidden_dim, activation="gelu_tanh" if approximate == "tanh" else "gelu", bias=bias)
+    module.approximate = approximate
+    return module
+
+
+def reference_gated_hidden_dim(embed_dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """olm_edu.nn.gated_hidden_dim, Llama's rule."""
+    return library_gated_hidden_dim(embed_dim, multiple_of, ffn_dim_multiplier)
+
+
 # -- Exercise 1: SwiGLU -----------------------------------------------------------------------------
 
 _LAYER_NAMES = ("self.gate_proj = nn.Linear(embed_dim, hidden_dim, bias=bias), self.up_proj = nn.Linear(embed_dim, "
@@ -286,24 +307,3 @@ def gated_hidden_dim(check: Check, fn: Callable[..., int]) -> None:
     check.passed += len(cases)
     check.equal(defaults, 11008, what="gated_hidden_dim(4096) with the defaults (multiple_of=256, no multiplier)",
                 hint="give multiple_of the default 256 and ffn_dim_multiplier the default None")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_swiglu(embed_dim: int, hidden_dim: int, bias: bool = False) -> nn.Module:
-    """olm_edu.nn.SwiGLUFFN: the same gate_proj, up_proj and down_proj."""
-    return SwiGLUFFN(embed_dim, hidden_dim, bias=bias)
-
-
-def reference_geglu(embed_dim: int, hidden_dim: int, approximate: str = "tanh", bias: bool = False) -> nn.Module:
-    """olm_edu.nn.GeGLUFFN (tanh GELU) or a GatedFFN with the exact GELU; the same layer names."""
-    module = GatedFFN(embed_dim, hidden_dim, activation="gelu_tanh" if approximate == "tanh" else "gelu", bias=bias)
-    module.approximate = approximate
-    return module
-
-
-def reference_gated_hidden_dim(embed_dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
-    """olm_edu.nn.gated_hidden_dim, Llama's rule."""
-    return library_gated_hidden_dim(embed_dim, multiple_of, ffn_dim_multiplier)

@@ -39,6 +39,28 @@ def _kv_index(num_heads: int, kv_heads: int, tiled: bool = False) -> torch.Tenso
     return heads % kv_heads if tiled else heads // (num_heads // kv_heads)
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """olm_edu.nn.repeat_kv. Shapes: (B, H_kv, T, d) -> (B, H_kv * groups, T, d)."""
+    return library_repeat_kv(x, groups)
+
+
+def reference_grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA with olm_edu.nn.attend on repeated keys and values. Shapes: as Exercise 2."""
+    groups = q.shape[1] // k.shape[1]
+    positions = torch.arange(q.shape[-2], device=q.device)
+    return attend(q, library_repeat_kv(k, groups), library_repeat_kv(v, groups), attention_mask(positions, positions),
+                  scale=q.shape[-1] ** -0.5, implementation="explicit")
+
+
+def reference_kv_cache_size(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)
+
+
 # -- Exercise 1: repeat_kv ---------------------------------------------------------------------
 
 def _repeat_kv_reference(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -245,25 +267,3 @@ def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
         expected = analysis.kv_cache_bytes(cfg, seq_len, dtypes[bytes_per_number], batch_size)
         check.count(got, expected, _cache_mistakes(cfg, seq_len, bytes_per_number, batch_size), what=what,
                     hint="2 (K and V) * num_layers * kv_heads * head_size * seq_len * batch_size * bytes_per_number")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """olm_edu.nn.repeat_kv. Shapes: (B, H_kv, T, d) -> (B, H_kv * groups, T, d)."""
-    return library_repeat_kv(x, groups)
-
-
-def reference_grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal GQA with olm_edu.nn.attend on repeated keys and values. Shapes: as Exercise 2."""
-    groups = q.shape[1] // k.shape[1]
-    positions = torch.arange(q.shape[-2], device=q.device)
-    return attend(q, library_repeat_kv(k, groups), library_repeat_kv(v, groups), attention_mask(positions, positions),
-                  scale=q.shape[-1] ** -0.5, implementation="explicit")
-
-
-def reference_kv_cache_size(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
-    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
-    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)

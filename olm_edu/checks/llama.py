@@ -231,6 +231,56 @@ def _layer_mistakes(cfg: ModelConfig, weights: dict[str, torch.Tensor], x: torch
     return mistakes
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+class ReferenceLlamaDecoderLayer(nn.Module):
+    """Exercise 1 built from the library's parts (RMSNorm, Attention, SwiGLUFFN), the lesson's names."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, bias=False,
+                              position="rope", rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,
+                              max_seq_len=cfg.max_seq_len)
+        self.mlp_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLUFFN(cfg.embed_dim, cfg.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x))  # (B, T, d)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class ReferenceLlama(nn.Module):
+    """Exercise 2 from the library's parts: ids (B, T) -> logits (B, T, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.layers = nn.ModuleList(ReferenceLlamaDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.token_embedding(ids)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.final_norm(h))
+
+
+def reference_llama_params(config: dict) -> int:
+    """olm_edu.analysis.count_params of the config.json's model."""
+    return analysis.count_params(from_hf_config(config)).total
+
+
+def reference_convert_llama_state_dict(hf_state_dict: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """transformers' Llama names -> the lesson's (the tied head, when there is no lm_head.weight)."""
+    return {name: tensor for name, (tensor, _) in _reference_convert(hf_state_dict, num_layers).items()}
+
+
 # -- Exercise 1: the decoder layer --------------------------------------------------------------
 
 def _layer_configs(check: Check) -> list[ModelConfig]:
@@ -670,53 +720,3 @@ def _logits_match_transformers(check: Check, fn: Callable, model_class: type) ->
         got = model.eval()(ids)
     check.close(got, expected, what="logits of the lesson's Llama loaded with your conversion vs transformers",
                 atol=ATOL, rtol=RTOL, hint="every tensor must land under the right name")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-class ReferenceLlamaDecoderLayer(nn.Module):
-    """Exercise 1 built from the library's parts (RMSNorm, Attention, SwiGLUFFN), the lesson's names."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, bias=False,
-                              position="rope", rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,
-                              max_seq_len=cfg.max_seq_len)
-        self.mlp_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = SwiGLUFFN(cfg.embed_dim, cfg.hidden_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x))  # (B, T, d)
-        return h + self.mlp(self.mlp_norm(h))
-
-
-class ReferenceLlama(nn.Module):
-    """Exercise 2 from the library's parts: ids (B, T) -> logits (B, T, vocab_size)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.layers = nn.ModuleList(ReferenceLlamaDecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.token_embedding.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.token_embedding(ids)
-        for layer in self.layers:
-            h = layer(h)
-        return self.lm_head(self.final_norm(h))
-
-
-def reference_llama_params(config: dict) -> int:
-    """olm_edu.analysis.count_params of the config.json's model."""
-    return analysis.count_params(from_hf_config(config)).total
-
-
-def reference_convert_llama_state_dict(hf_state_dict: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """transformers' Llama names -> the lesson's (the tied head, when there is no lm_head.weight)."""
-    return {name: tensor for name, (tensor, _) in _reference_convert(hf_state_dict, num_layers).items()}

@@ -64,6 +64,26 @@ def _pick(check: Check, options: list) -> Any:
     return options[int(check.randint(0, len(options), 1))]
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_moe_ffn_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(feed-forward parameters of all layers, those one token uses), from olm_edu.analysis."""
+    return _library_ffn(cfg)
+
+
+def reference_serving_memory(cfg: ModelConfig, weight_dtype: str, seq_len: int, batch_size: int = 1,
+                             cache_dtype: str = "bf16") -> int:
+    """olm_edu.analysis.weight_bytes + kv_cache_bytes."""
+    return analysis.weight_bytes(cfg, weight_dtype) + analysis.kv_cache_bytes(cfg, seq_len, cache_dtype, batch_size)
+
+
+def reference_forward_flops(cfg: ModelConfig, seq_len: int) -> int:
+    """olm_edu.analysis.flops_per_token(cfg, seq_len)["forward"]."""
+    return analysis.flops_per_token(cfg, seq_len)["forward"]
+
+
 # -- Exercise 1: the feed-forward of a mixture of experts ---------------------------------------
 
 def _library_ffn(cfg: ModelConfig) -> tuple[int, int]:
@@ -394,23 +414,3 @@ def forward_flops(check: Check, fn: Callable[[ModelConfig, int], int]) -> None:
         check.count(got, expected, mistakes, what=what,
                     hint="2 * (num_layers * (q, k, v, o and feed-forward weights) + vocab_size * embed_dim) + 4 * num_heads * "
                     "head_size * (keys seen, summed over layers)")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_moe_ffn_params(cfg: ModelConfig) -> tuple[int, int]:
-    """(feed-forward parameters of all layers, those one token uses), from olm_edu.analysis."""
-    return _library_ffn(cfg)
-
-
-def reference_serving_memory(cfg: ModelConfig, weight_dtype: str, seq_len: int, batch_size: int = 1,
-                             cache_dtype: str = "bf16") -> int:
-    """olm_edu.analysis.weight_bytes + kv_cache_bytes."""
-    return analysis.weight_bytes(cfg, weight_dtype) + analysis.kv_cache_bytes(cfg, seq_len, cache_dtype, batch_size)
-
-
-def reference_forward_flops(cfg: ModelConfig, seq_len: int) -> int:
-    """olm_edu.analysis.flops_per_token(cfg, seq_len)["forward"]."""
-    return analysis.flops_per_token(cfg, seq_len)["forward"]

@@ -113,6 +113,42 @@ def _gradient(check: Check, value: Any, leaf: torch.Tensor, projection: torch.Te
     return gradient
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, experts), each (N, k), in the logits' dtype (what olm_edu.nn.Router computes)."""
+    weights, experts = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+def reference_moe_forward(x: torch.Tensor, router_weight: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
+                          down_proj: torch.Tensor, k: int) -> torch.Tensor:
+    """Mixtral's layer with olm_edu.nn.Experts' loop: x (B, T, d) -> (B, T, d)."""
+    flat = x.reshape(-1, x.shape[-1])  # (N, d)
+    weights, experts = reference_route(flat @ router_weight.T, k)
+    out = torch.zeros_like(flat)
+    for expert in experts.unique().tolist():
+        tokens, slot = torch.where(experts == expert)
+        out = out.index_add(0, tokens, _one_expert(flat[tokens], gate_proj[expert], up_proj[expert],
+                                                   down_proj[expert]) * weights[tokens, slot, None])
+    return out.reshape(x.shape)
+
+
+def reference_load_balancing_loss(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """olm_edu.nn.load_balancing_loss on softmax scores and their top-k experts."""
+    scores = torch.softmax(logits, dim=-1)
+    return library_balance(scores, scores.topk(k, dim=-1).indices)
+
+
+def reference_router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """olm_edu.nn.router_z_loss."""
+    return library_z_loss(logits)
+
+
 # -- Exercise 1: top-k routing -----------------------------------------------------------------
 
 NOT_RENORMALISED = (
@@ -512,39 +548,3 @@ def router_z_loss(check: Check, fn: Callable) -> None:
             (expected_grad,) = torch.autograd.grad(_exact_z_loss(reference_leaf), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
                         hint=hint)
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights, experts), each (N, k), in the logits' dtype (what olm_edu.nn.Router computes)."""
-    weights, experts = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, experts
-
-
-def reference_moe_forward(x: torch.Tensor, router_weight: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
-                          down_proj: torch.Tensor, k: int) -> torch.Tensor:
-    """Mixtral's layer with olm_edu.nn.Experts' loop: x (B, T, d) -> (B, T, d)."""
-    flat = x.reshape(-1, x.shape[-1])  # (N, d)
-    weights, experts = reference_route(flat @ router_weight.T, k)
-    out = torch.zeros_like(flat)
-    for expert in experts.unique().tolist():
-        tokens, slot = torch.where(experts == expert)
-        out = out.index_add(0, tokens, _one_expert(flat[tokens], gate_proj[expert], up_proj[expert],
-                                                   down_proj[expert]) * weights[tokens, slot, None])
-    return out.reshape(x.shape)
-
-
-def reference_load_balancing_loss(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """olm_edu.nn.load_balancing_loss on softmax scores and their top-k experts."""
-    scores = torch.softmax(logits, dim=-1)
-    return library_balance(scores, scores.topk(k, dim=-1).indices)
-
-
-def reference_router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """olm_edu.nn.router_z_loss."""
-    return library_z_loss(logits)

@@ -42,6 +42,50 @@ def _default_frequencies(head_dim: int, base: float) -> torch.Tensor:
     return library.rope_parameters(head_dim, float(base), None, 2048)[0]
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def _library_rotation(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, layout: str) -> torch.Tensor:
+    angles = positions[:, None].float() * inv_freq.float()  # (T, d/2)
+    angles = torch.cat((angles, angles), -1) if layout == "half" else angles.repeat_interleave(2, -1)  # (T, d)
+    return library.apply_rotary(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), layout)
+
+
+def reference_rope_frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """base^(-2i/d) for the d/2 pairs, float32 (olm_edu.nn.positions.rope_parameters without scaling)."""
+    return _default_frequencies(head_dim, base)
+
+
+def reference_apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate_half layout (olm_edu.nn.positions.apply_rotary). Shapes: x (B, H, T, d) -> same."""
+    return _library_rotation(x, positions, inv_freq, "half")
+
+
+def reference_apply_rope_interleaved(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs (olm_edu.nn.positions.apply_rotary, layout="interleaved")."""
+    return _library_rotation(x, positions, inv_freq, "interleaved")
+
+
+def reference_interleaved_to_half(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Each head's rows reordered by olm_edu.nn.positions.interleaved_to_half_permutation."""
+    head_dim = weight.shape[0] // num_heads
+    return _permute(weight, library.interleaved_to_half_permutation(head_dim), num_heads)
+
+
+def reference_llama3_frequencies(inv_freq: torch.Tensor, factor: float, low_freq_factor: float,
+                                 high_freq_factor: float, original_max_len: int) -> torch.Tensor:
+    """Llama 3's piecewise scaling of the frequencies (what rope_parameters(..., {"rope_type": "llama3"})
+    computes from the base), applied to the given frequencies."""
+    f = inv_freq.double()
+    wavelength = 2 * math.pi / f
+    smooth = (original_max_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blend = (1 - smooth) * f / factor + smooth * f
+    scaled = torch.where(wavelength > original_max_len / low_freq_factor, f / factor,
+                         torch.where(wavelength < original_max_len / high_freq_factor, f, blend))
+    return scaled.to(inv_freq.dtype)
+
+
 # -- Exercise 1: the frequencies ------------------------------------------------------------------
 
 def _frequency_mistakes(head_dim: int, base: float) -> dict[str, torch.Tensor]:
@@ -325,47 +369,3 @@ def llama3_frequencies(check: Check, fn: Callable) -> None:
                                 hint="wavelength = 2 pi / f; keep f where wavelength < original_max_len / "
                                      "high_freq_factor, use f / factor where wavelength > original_max_len / "
                                      "low_freq_factor, and blend in between")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def _library_rotation(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, layout: str) -> torch.Tensor:
-    angles = positions[:, None].float() * inv_freq.float()  # (T, d/2)
-    angles = torch.cat((angles, angles), -1) if layout == "half" else angles.repeat_interleave(2, -1)  # (T, d)
-    return library.apply_rotary(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), layout)
-
-
-def reference_rope_frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """base^(-2i/d) for the d/2 pairs, float32 (olm_edu.nn.positions.rope_parameters without scaling)."""
-    return _default_frequencies(head_dim, base)
-
-
-def reference_apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate_half layout (olm_edu.nn.positions.apply_rotary). Shapes: x (B, H, T, d) -> same."""
-    return _library_rotation(x, positions, inv_freq, "half")
-
-
-def reference_apply_rope_interleaved(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """RoPE on adjacent pairs (olm_edu.nn.positions.apply_rotary, layout="interleaved")."""
-    return _library_rotation(x, positions, inv_freq, "interleaved")
-
-
-def reference_interleaved_to_half(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Each head's rows reordered by olm_edu.nn.positions.interleaved_to_half_permutation."""
-    head_dim = weight.shape[0] // num_heads
-    return _permute(weight, library.interleaved_to_half_permutation(head_dim), num_heads)
-
-
-def reference_llama3_frequencies(inv_freq: torch.Tensor, factor: float, low_freq_factor: float,
-                                 high_freq_factor: float, original_max_len: int) -> torch.Tensor:
-    """Llama 3's piecewise scaling of the frequencies (what rope_parameters(..., {"rope_type": "llama3"})
-    computes from the base), applied to the given frequencies."""
-    f = inv_freq.double()
-    wavelength = 2 * math.pi / f
-    smooth = (original_max_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    blend = (1 - smooth) * f / factor + smooth * f
-    scaled = torch.where(wavelength > original_max_len / low_freq_factor, f / factor,
-                         torch.where(wavelength < original_max_len / high_freq_factor, f, blend))
-    return scaled.to(inv_freq.dtype)

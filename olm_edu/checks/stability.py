@@ -31,6 +31,27 @@ NORM_EPS = 1e-6
 _PARAMETERS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight")
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_qk_norm_attention(embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                                rope_theta: float = 1_000_000.0, eps: float = 1e-6, max_seq_len: int = 4096) -> nn.Module:
+    """olm_edu.nn.Attention with qk_norm=True, RoPE and no biases: the same q/k/v/o_proj and q/k_norm."""
+    return Attention(embed_dim, num_heads, num_kv_heads, head_dim, bias=False, position="rope", qk_norm=True,
+                     rope_theta=rope_theta, norm_eps=eps, max_seq_len=max_seq_len)
+
+
+def reference_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """olm_edu.nn.router_z_loss: the mean over positions of logsumexp(logits)^2."""
+    return router_z_loss(logits)
+
+
+def reference_softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """olm_edu.nn.softcap: cap * tanh(x / cap), or x when cap is None."""
+    return library_softcap(x, cap)
+
+
 # ---------------------------------------------------------------------------
 # Exercise 1 — attention with QK-norm
 # ---------------------------------------------------------------------------
@@ -325,24 +346,3 @@ def softcap(check: Check, fn: SoftcapFn) -> None:
     expected_slope = 1.0 - torch.tanh(points.detach().double() / cap).square()
     check.close(slope, expected_slope.float(), what=f"slope of your soft-cap at x = 0, cap, 3 cap, -3 cap (cap={cap:g})",
                 atol=1e-6, rtol=1e-4, hint="the slope of cap * tanh(x / cap) is 1 - tanh(x / cap)^2")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_qk_norm_attention(embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                                rope_theta: float = 1_000_000.0, eps: float = 1e-6, max_seq_len: int = 4096) -> nn.Module:
-    """olm_edu.nn.Attention with qk_norm=True, RoPE and no biases: the same q/k/v/o_proj and q/k_norm."""
-    return Attention(embed_dim, num_heads, num_kv_heads, head_dim, bias=False, position="rope", qk_norm=True,
-                     rope_theta=rope_theta, norm_eps=eps, max_seq_len=max_seq_len)
-
-
-def reference_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """olm_edu.nn.router_z_loss: the mean over positions of logsumexp(logits)^2."""
-    return router_z_loss(logits)
-
-
-def reference_softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """olm_edu.nn.softcap: cap * tanh(x / cap), or x when cap is None."""
-    return library_softcap(x, cap)

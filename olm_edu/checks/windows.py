@@ -33,6 +33,40 @@ from olm_edu.nn import Attention, GeGLUFFN, RMSNorm, attention_mask
 NORM_ATOL, NORM_RTOL = 1e-5, 1e-4
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_sliding_window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int) -> torch.Tensor:
+    """olm_edu.nn.attention_mask, causal, with the window. Shapes: (T_q,), (T_k,) -> (T_q, T_k) bool."""
+    return attention_mask(query_positions, key_positions, causal=True, window=window)
+
+
+def reference_rolling_update(cache: Any, k_new: torch.Tensor, v_new: torch.Tensor,
+                             new_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append, return everything the new queries may need, keep the last `cache.window` (what
+    olm_edu.nn.KVCache does for a windowed layer)."""
+    keys, values, positions = k_new, v_new, new_positions
+    if cache.keys is not None:
+        keys = torch.cat([cache.keys, k_new], dim=2)  # (B, H, T_cached + T_new, d)
+        values = torch.cat([cache.values, v_new], dim=2)
+        positions = torch.cat([cache.positions, new_positions])
+    cache.keys, cache.values, cache.positions = (keys[:, :, -cache.window:], values[:, :, -cache.window:],
+                                                 positions[-cache.window:])
+    return keys, values, positions
+
+
+def reference_gemma2_layer(x: torch.Tensor, attention: torch.nn.Module, mlp: torch.nn.Module,
+                           norm_weights: dict[str, torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
+    """Gemma 2's sandwich, with olm_edu.nn.RMSNorm(convention="gemma")."""
+    return _sandwich(x, attention, mlp, norm_weights, eps)
+
+
+def reference_windowed_kv_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, _DTYPE_OF_BYTES[bytes_per_number])
+
+
 # -- Exercise 1: the sliding-window causal mask ------------------------------------------------------
 
 def _offsets(query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -396,37 +430,3 @@ def windowed_kv_cache_bytes(check: Check, fn: Callable[[ModelConfig, int, int], 
         check.count(got, expected, _kv_mistakes(cfg, seq_len, bytes_per_number), what=what,
                     hint="for each layer, tokens kept = seq_len, or min(seq_len, sliding_window) on a sliding layer; "
                          "bytes = 2 * kv_heads * head_size * tokens * bytes_per_number, summed over layers")
-
-
-# -- the library's versions, with the exercises' signatures ------------------------------------
-# What the cells after an unfinished exercise use until its check passes
-# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
-
-def reference_sliding_window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int) -> torch.Tensor:
-    """olm_edu.nn.attention_mask, causal, with the window. Shapes: (T_q,), (T_k,) -> (T_q, T_k) bool."""
-    return attention_mask(query_positions, key_positions, causal=True, window=window)
-
-
-def reference_rolling_update(cache: Any, k_new: torch.Tensor, v_new: torch.Tensor,
-                             new_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Append, return everything the new queries may need, keep the last `cache.window` (what
-    olm_edu.nn.KVCache does for a windowed layer)."""
-    keys, values, positions = k_new, v_new, new_positions
-    if cache.keys is not None:
-        keys = torch.cat([cache.keys, k_new], dim=2)  # (B, H, T_cached + T_new, d)
-        values = torch.cat([cache.values, v_new], dim=2)
-        positions = torch.cat([cache.positions, new_positions])
-    cache.keys, cache.values, cache.positions = (keys[:, :, -cache.window:], values[:, :, -cache.window:],
-                                                 positions[-cache.window:])
-    return keys, values, positions
-
-
-def reference_gemma2_layer(x: torch.Tensor, attention: torch.nn.Module, mlp: torch.nn.Module,
-                           norm_weights: dict[str, torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
-    """Gemma 2's sandwich, with olm_edu.nn.RMSNorm(convention="gemma")."""
-    return _sandwich(x, attention, mlp, norm_weights, eps)
-
-
-def reference_windowed_kv_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2) -> int:
-    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
-    return analysis.kv_cache_bytes(cfg, seq_len, _DTYPE_OF_BYTES[bytes_per_number])
