@@ -2,13 +2,12 @@
 
 Each module `lesson_*.py` here defines
     WRONG_ANSWERS = {lesson file: {grade_id of the solution cell: [(wrong source, message fragment)]}}
-tests/test_lessons.py puts each wrong answer into the solution cell, runs the check cell, and
-requires a failure whose message contains the fragment. Every exercise must appear.
-
-A module may also define
+and may define
     CORRECT_ANSWERS = {lesson file: {grade_id of the solution cell: [correct source written differently]}}
-and the same test requires each of them to pass the check (fp32 checks must accept any
-mathematically equivalent formulation).
+tests/test_lessons.py puts each answer into the solution cell and runs the check cell twice: as the
+learner's notebook has it (visible checks only) and as graders run it (hidden checks too). A wrong
+answer must fail both times with a message containing the fragment; a correct alternative must pass
+both times. Every exercise must appear in WRONG_ANSWERS.
 """
 
 import importlib
