@@ -155,7 +155,7 @@ def _width_cases(check: Check) -> list[tuple[str, ModelConfig, ModelConfig]]:
     return cases
 
 
-@exercise("Exercise 1 — the width that matches the baseline")
+@exercise("Exercise 1 — the width that matches the baseline", reference=reference_matched_hidden_dim)
 def matched_hidden_dim(check: Check, fn: Callable[[ModelConfig, ModelConfig], int]) -> None:
     for what, baseline, variant in _width_cases(check):
         call = f"matched_hidden_dim(variant, baseline) for {what}"
@@ -208,7 +208,7 @@ def _loss_table(check: Check, variants: int, seeds: list[int]) -> dict[str, list
     return table
 
 
-@exercise("Exercise 2 — mean and spread over seeds")
+@exercise("Exercise 2 — mean and spread over seeds", reference=reference_seed_summary)
 def seed_summary(check: Check, fn: Callable[[dict[str, list[float]]], dict]) -> None:
     tables = [
         {"gpt2": [2.10, 2.14], "swiglu": [2.09, 2.10], "moe": [2.20, 2.17, 2.19]},
@@ -307,7 +307,7 @@ def _same(got: dict, expected: dict) -> bool:
         return False
 
 
-@exercise("Exercise 3 — which differences exceed the noise")
+@exercise("Exercise 3 — which differences exceed the noise", reference=reference_real_differences)
 def real_differences(check: Check, fn: Callable[[dict[str, list[float]], str], dict]) -> None:
     designed = {  # gpt2 sd 0.02829 (ddof=1), 0.02 (ddof=0)
         "gpt2": [2.10, 2.14],
@@ -378,7 +378,7 @@ def _throughput_mistakes(times: list[float], batch: int, block: int, warmup: int
     return mistakes
 
 
-@exercise("Exercise 4 — tokens per second from step timings")
+@exercise("Exercise 4 — tokens per second from step timings", reference=reference_tokens_per_second)
 def tokens_per_second(check: Check, fn: Callable[[list[float], int, int, int], float]) -> None:
     cases = [
         ([0.90, 0.31, 0.10, 0.11, 0.12, 0.40, 0.10], 16, 64, 2),  # two slow warm-up steps, one slow step later

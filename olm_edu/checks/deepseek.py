@@ -138,7 +138,7 @@ def _mla_cache_mistakes(cfg: ModelConfig, seq_len: int, bytes_per_number: int, b
     return mistakes
 
 
-@exercise("Exercise 1 — MLA's cache in bytes")
+@exercise("Exercise 1 — MLA's cache in bytes", reference=reference_mla_cache_bytes)
 def mla_cache_bytes(check: Check, fn: Callable[..., int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width",
                  reason="Exercise 1 asks you to write the formula yourself (you compare with the library right after)")
@@ -249,7 +249,7 @@ def _attention_mistakes(inputs: tuple, head_dim: int, rope_head_dim: int, length
     return mistakes
 
 
-@exercise("Exercise 2 — attention from the latent")
+@exercise("Exercise 2 — attention from the latent", reference=reference_latent_attention)
 def latent_attention(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     # (B, H, T, head_dim, rope_head_dim, kv_latent_dim, value_head_dim, first position)
     cases = [(2, 4, 6, 8, 4, 12, 6, 0), (1, 3, 5, 16, 8, 24, 16, 7), (2, 2, 1, 4, 2, 6, 4, 3)]
@@ -349,7 +349,7 @@ def _route_mistakes(args: tuple, scaling: float) -> dict[str, dict[str, Any]]:
     }
 
 
-@exercise("Exercise 3 — sigmoid routing with a selection bias and groups")
+@exercise("Exercise 3 — sigmoid routing with a selection bias and groups", reference=reference_deepseek_route)
 def deepseek_route(check: Check, fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     # (tokens, experts, k, groups, groups per token, routed_scaling_factor)
     cases = [(64, 16, 3, 4, 2, 2.5), (48, 32, 4, 8, 3, 2.5), (32, 8, 2, 1, 1, 1.0)]
@@ -411,7 +411,7 @@ def _counts(check: Check, num_experts: int, tokens: int, even: bool = False) -> 
     return counts
 
 
-@exercise("Exercise 4 — the bias update")
+@exercise("Exercise 4 — the bias update", reference=reference_update_selection_bias)
 def update_selection_bias(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     cases = [(16, 512, 0.001, False), (8, 100, 0.01, False), (4, 40, 0.05, True)]
     if check.hidden:

@@ -158,7 +158,7 @@ def _swiglu_mistakes(gate, up, down) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 1 — SwiGLU")
+@exercise("Exercise 1 — SwiGLU", reference=reference_swiglu)
 def swiglu(check: Check, swiglu_class: Callable[..., nn.Module]) -> None:
     """SwiGLU(embed_dim, hidden_dim, bias=False): down(silu(gate x) * up x), SiLU written by hand."""
     check.forbid("torch.nn.functional.silu",
@@ -201,7 +201,7 @@ def _geglu_mistakes(approximate: str):
     return mistakes
 
 
-@exercise("Exercise 2 — GeGLU")
+@exercise("Exercise 2 — GeGLU", reference=reference_geglu)
 def geglu(check: Check, geglu_class: Callable[..., nn.Module]) -> None:
     """GeGLU(embed_dim, hidden_dim, approximate="tanh", bias=False): down(gelu(gate x) * up x)."""
     cases = [(16, 40, None, False), (24, 64, "none", False), (8, 8, "none", True)]  # with and without biases
@@ -279,7 +279,7 @@ HIDDEN_WIDTH_CASES = [
 ]
 
 
-@exercise("Exercise 3 — the gated width")
+@exercise("Exercise 3 — the gated width", reference=reference_gated_hidden_dim)
 def gated_hidden_dim(check: Check, fn: Callable[..., int]) -> None:
     """gated_hidden_dim(embed_dim, multiple_of=256, ffn_dim_multiplier=None) -> int, Llama's rule."""
     check.forbid("olm_edu.nn.gated_hidden_dim",

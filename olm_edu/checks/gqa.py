@@ -86,7 +86,7 @@ def _wrong_dim_message(got: Any, x: torch.Tensor, groups: int) -> str | None:
     return None
 
 
-@exercise("Exercise 1 — repeat_kv by hand")
+@exercise("Exercise 1 — repeat_kv by hand", reference=reference_repeat_kv)
 def repeat_kv(check: Check, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     check.forbid(*_REPEAT_INTERLEAVE, reason="Exercise 1 asks you to build the repetition yourself "
                  "(expand + reshape, or indexing)")
@@ -148,7 +148,7 @@ def _gqa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tiled: 
     return torch.softmax(scores, dim=-1) @ v
 
 
-@exercise("Exercise 2 — grouped-query attention")
+@exercise("Exercise 2 — grouped-query attention", reference=reference_grouped_query_attention)
 def grouped_query_attention(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     check.forbid(*_SDPA, reason="Exercise 2 asks you to write attention from matmul and softmax "
                  "(you compare with SDPA right after)")
@@ -246,7 +246,7 @@ def _describe(cfg: ModelConfig) -> str:
             f"head_size={cfg.head_size}, embed_dim={cfg.embed_dim})")
 
 
-@exercise("Exercise 3 — KV-cache bytes")
+@exercise("Exercise 3 — KV-cache bytes", reference=reference_kv_cache_size)
 def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width",
                  reason="Exercise 3 asks you to write the formula yourself (you compare with the library right after)")

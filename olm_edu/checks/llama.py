@@ -301,7 +301,7 @@ def _layer_configs(check: Check) -> list[ModelConfig]:
     return configs
 
 
-@exercise("Exercise 1 — Llama's decoder layer")
+@exercise("Exercise 1 — Llama's decoder layer", reference=ReferenceLlamaDecoderLayer)
 def decoder_layer(check: Check, layer_class: Callable[[ModelConfig], nn.Module]) -> None:
     for cfg in _layer_configs(check):
         call = f"LlamaDecoderLayer(cfg) {_describe(cfg)}"
@@ -389,7 +389,7 @@ def _model_logits(reference: nn.Module, ids: torch.Tensor, *, final_norm: bool =
     return reference.head(h)  # (B, T, V)
 
 
-@exercise("Exercise 2 — assemble Llama")
+@exercise("Exercise 2 — assemble Llama", reference=ReferenceLlama)
 def llama(check: Check, model_class: Callable[[ModelConfig], nn.Module]) -> None:
     for cfg in _model_configs(check):
         call = f"Llama(cfg) {_describe(cfg, model=True)}"
@@ -523,7 +523,7 @@ def _preset_json(name: str) -> dict:
     return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
-@exercise("Exercise 3 — count Llama's parameters from config.json")
+@exercise("Exercise 3 — count Llama's parameters from config.json", reference=reference_llama_params)
 def param_count(check: Check, fn: Callable[[dict], int]) -> None:
     configs = [(name, _preset_json(name)) for name in ("Llama-3.1-8B", "Llama-3.2-1B")]
     configs += [("a random Llama config", _random_config(check, False)) for _ in range(4 if not check.hidden else 10)]
@@ -648,7 +648,7 @@ def _convert_cases(check: Check) -> list[tuple[ModelConfig, bool]]:
     return cases
 
 
-@exercise("Exercise 4 — transformers' Llama names to the lesson's")
+@exercise("Exercise 4 — transformers' Llama names to the lesson's", reference=reference_convert_llama_state_dict)
 def convert_state_dict(check: Check, fn: Callable, model_class: type | None = None) -> None:
     for cfg, with_head in _convert_cases(check):
         hf = {name: check.randn(*shape) for name, shape in _hf_shapes(cfg, with_head).items()}

@@ -218,7 +218,7 @@ def _route_mistakes(logits: torch.Tensor, experts: torch.Tensor, renormalize: bo
     return {SOFTMAX_OVER_CHOSEN: probabilities / probabilities.sum(-1, keepdim=True), RAW_LOGITS: chosen_logits}
 
 
-@exercise("Exercise 1 — top-k routing")
+@exercise("Exercise 1 — top-k routing", reference=reference_route)
 def route(check: Check, fn: Callable) -> None:
     cases = [  # (tokens, experts, k, renormalize, logit scale, what it is)
         (6, 8, 2, True, 1.0, "Mixtral: 8 experts, top-2, renormalised"),
@@ -345,7 +345,7 @@ def _poison_unused_expert(x: torch.Tensor, router: torch.Tensor, gate: torch.Ten
     return unused
 
 
-@exercise("Exercise 2 — the MoE forward")
+@exercise("Exercise 2 — the MoE forward", reference=reference_moe_forward)
 def moe_forward(check: Check, fn: Callable) -> None:
     cases = [  # (B, T, d, E, F, k, an unused expert with NaN weights)
         (2, 5, 16, 4, 24, 2, False),
@@ -450,7 +450,7 @@ def _collapsed_logits(num_tokens: int, num_experts: int, k: int, check: Check) -
     return logits
 
 
-@exercise("Exercise 3 — the load-balancing loss")
+@exercise("Exercise 3 — the load-balancing loss", reference=reference_load_balancing_loss)
 def load_balancing_loss(check: Check, fn: Callable) -> None:
     cases = [  # (logits, k, what)
         (check.randn(32, 8, scale=1.5), 2, "random logits, 32 tokens, 8 experts, top-2"),
@@ -513,7 +513,7 @@ def _z_mistakes(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 4 — the router z-loss")
+@exercise("Exercise 4 — the router z-loss", reference=reference_router_z_loss)
 def router_z_loss(check: Check, fn: Callable) -> None:
     cases = [
         (check.randn(16, 8, scale=2.0), "random logits, 16 tokens, 8 experts"),

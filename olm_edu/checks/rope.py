@@ -106,7 +106,7 @@ def _frequency_mistakes(head_dim: int, base: float) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 1 — the RoPE frequencies")
+@exercise("Exercise 1 — the RoPE frequencies", reference=reference_rope_frequencies)
 def rope_frequencies(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     _forbid_library(check, "Exercise 1")
     cases = [(8, 10000.0), (64, 10000.0), (128, 500000.0)]
@@ -241,7 +241,7 @@ def _check_rotation(check: Check, fn: Callable, layout: str, name: str) -> None:
 
 # -- Exercise 2: rotate_half layout --------------------------------------------------------------
 
-@exercise("Exercise 2 — RoPE in the rotate_half layout")
+@exercise("Exercise 2 — RoPE in the rotate_half layout", reference=reference_apply_rope)
 def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> None:
     _forbid_library(check, "Exercise 2")
     for d in (2, 4, 8) + ((16,) if check.hidden else ()):
@@ -261,7 +261,7 @@ def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> No
 
 # -- Exercise 3: interleaved layout ---------------------------------------------------------------
 
-@exercise("Exercise 3 — RoPE in the interleaved layout")
+@exercise("Exercise 3 — RoPE in the interleaved layout", reference=reference_apply_rope_interleaved)
 def apply_rope_interleaved(check: Check, apply_fn: Callable) -> None:
     _forbid_library(check, "Exercise 3")
     _check_rotation(check, apply_fn, "interleaved", "apply_rope_interleaved")
@@ -274,7 +274,7 @@ def _permute(weight: torch.Tensor, order: torch.Tensor, num_heads: int) -> torch
     return weight.view(num_heads, head_dim, -1)[:, order].reshape(num_heads * head_dim, -1)
 
 
-@exercise("Exercise 4 — convert q/k weights from interleaved to rotate_half")
+@exercise("Exercise 4 — convert q/k weights from interleaved to rotate_half", reference=reference_interleaved_to_half)
 def interleaved_to_half(check: Check, fn: Callable) -> None:
     _forbid_library(check, "Exercise 4")
     cases = [(1, 8, 5), (3, 8, 6), (4, 16, 24)]
@@ -345,7 +345,7 @@ def _llama3_reference_f64(f: torch.Tensor, factor: float, low: float, high: floa
     return torch.where(wavelength > original / low, f / factor, torch.where(wavelength < original / high, f, blend))
 
 
-@exercise("Exercise 5 — Llama 3 frequency scaling")
+@exercise("Exercise 5 — Llama 3 frequency scaling", reference=reference_llama3_frequencies)
 def llama3_frequencies(check: Check, fn: Callable) -> None:
     _forbid_library(check, "Exercise 5")
     # (head_dim, theta, factor, low_freq_factor, high_freq_factor, original_max_len)

@@ -181,7 +181,7 @@ def _reference_attention(x, weights, embed_dim, num_heads, num_kv_heads, head_di
         return reference.double()(x.double())
 
 
-@exercise("Exercise 1 — attention with QK-norm")
+@exercise("Exercise 1 — attention with QK-norm", reference=reference_qk_norm_attention)
 def qk_norm_attention(check: Check, attention_class: Callable[..., nn.Module]) -> None:
     # the last visible case has num_heads * head_dim = 96 != embed_dim = 48 (as Qwen 3 often has):
     # head_dim is an argument, not embed_dim // num_heads
@@ -253,7 +253,7 @@ def _z_loss_mistakes(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 2 — the z-loss")
+@exercise("Exercise 2 — the z-loss", reference=reference_z_loss)
 def z_loss(check: Check, fn: ZLossFn) -> None:
     shapes = [(8, 10), (2, 5, 7), (1, 3)] + ([(4, 16, 65), (3, 1000), (5, 1)] if check.hidden else [])
     for shape in shapes:
@@ -311,7 +311,7 @@ def _softcap_mistakes(x: torch.Tensor, cap: float) -> dict[str, torch.Tensor]:
     }
 
 
-@exercise("Exercise 3 — logit soft-capping")
+@exercise("Exercise 3 — logit soft-capping", reference=reference_softcap)
 def softcap(check: Check, fn: SoftcapFn) -> None:
     caps = [50.0, 30.0, 4.0] + ([1.0, 0.5, 1000.0] if check.hidden else [])
     for cap in caps:

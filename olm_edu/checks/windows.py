@@ -110,7 +110,7 @@ def _mask_description(mask: torch.Tensor, limit: int = 8) -> str:
     return " | ".join(rows) + (" | ..." if len(mask) > limit else "")
 
 
-@exercise("Exercise 1 — the sliding-window causal mask")
+@exercise("Exercise 1 — the sliding-window causal mask", reference=reference_sliding_window_mask)
 def sliding_window_mask(check: Check, fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
     cases: list[tuple[str, torch.Tensor, torch.Tensor, int]] = [
         ("8 tokens, window 3", torch.arange(8), torch.arange(8), 3),
@@ -190,7 +190,7 @@ def _check_held(check: Check, name: str, held: object, full: torch.Tensor, start
                f"along dim=2 (the time axis), then keep [:, :, -window:]")
 
 
-@exercise("Exercise 2 — the rolling KV cache")
+@exercise("Exercise 2 — the rolling KV cache", reference=reference_rolling_update)
 def rolling_update(check: Check, fn: Callable) -> None:
     runs = [((1, 1, 2), 3, (7, 1, 1, 2)), ((2, 2, 4), 4, (3, 1, 1, 1, 1, 1)), ((1, 2, 8), 1, (1, 1, 1, 2)),
             ((2, 1, 3), 6, (2, 2, 2, 3))]
@@ -324,7 +324,7 @@ def _module(generator: torch.Generator, module: torch.nn.Module) -> torch.nn.Mod
     return module.eval()
 
 
-@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms")
+@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms", reference=reference_gemma2_layer)
 def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
     check.forbid("torch.nn.functional.rms_norm", "torch.rms_norm",
                  reason="Exercise 3 asks you to write Gemma's RMSNorm from a mean, a square root and (1 + weight)")
@@ -409,7 +409,7 @@ def _kv_mistakes(cfg: ModelConfig, seq_len: int, bytes_per_number: int) -> dict[
     }
 
 
-@exercise("Exercise 4 — the KV cache with windowed layers")
+@exercise("Exercise 4 — the KV cache with windowed layers", reference=reference_windowed_kv_cache_bytes)
 def windowed_kv_cache_bytes(check: Check, fn: Callable[[ModelConfig, int, int], int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width", "olm_edu.analysis._tokens_seen",
                  reason="Exercise 4 asks you to add up the layers yourself")
