@@ -273,3 +273,45 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     flops["forward"] = sum(flops.values())
     flops["training"] = 3 * flops["forward"]
     return flops
+
+
+# ---------------------------------------------------------------------------
+# Training memory per rank (lesson 25)
+# ---------------------------------------------------------------------------
+
+SHARDING = ("ddp", "zero1", "zero2", "fsdp")
+
+
+def training_bytes_per_rank(
+    cfg: ModelConfig,
+    world_size: int,
+    sharding: str = "fsdp",
+    *,
+    param_bytes: int = 2,
+    grad_bytes: int = 2,
+    optimizer_bytes: int = 12,
+) -> dict[str, int]:
+    """Bytes each of `world_size` ranks holds for the model's training state (activations excluded).
+
+    Mixed-precision AdamW (the ZeRO paper's accounting): bf16 parameters (2 bytes each) and
+    gradients (2), and an fp32 master copy plus Adam's two moments (4 + 4 + 4 = 12): 16 bytes
+    per parameter N in all. What each `sharding` splits over the ranks:
+        ddp    nothing: every rank holds everything, 16 N
+        zero1  the optimiser state:                  (2 + 2) N + 12 N / world_size
+        zero2  optimiser state and gradients:        2 N + (2 + 12) N / world_size
+        fsdp   (ZeRO-3) parameters too:               16 N / world_size
+    A shard holds ceil(N / world_size) elements. Returns {"parameters", "gradients",
+    "optimizer", "total"} in bytes per rank.
+    """
+    from olm_edu.choices import check_choice
+
+    check_choice("sharding", sharding, SHARDING)
+    _check_positive("world_size", world_size)
+    total = count_params(cfg).total
+    shard = -(-total // world_size)
+    split = {"ddp": (), "zero1": ("optimizer",), "zero2": ("optimizer", "gradients"),
+             "fsdp": ("optimizer", "gradients", "parameters")}[sharding]
+    sizes = {"parameters": param_bytes, "gradients": grad_bytes, "optimizer": optimizer_bytes}
+    per_rank = {part: (shard if part in split else total) * size for part, size in sizes.items()}
+    per_rank["total"] = sum(per_rank.values())
+    return per_rank
