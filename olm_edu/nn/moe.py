@@ -21,6 +21,10 @@ is num_shared_experts expert widths). The router scores the experts with one mat
                          by the sum of their two best s + b; w = s_chosen / sum(s_chosen), times
                          routed_scaling_factor
 
+    Llama 4              s = sigmoid(logits); choose the top 1; w = s_chosen, and w scales the
+                         token *before* the expert: y = shared(x) + expert_e(w * x)
+                         (weighting="input"; everyone else weighs the output, weighting="output")
+
 `Router` does all of these with options (scoring, renormalize, num_groups, groups_per_token,
 group_score, selection_bias, scaling_factor). The router works in float32 (as DeepSeek's does;
 Mixtral and Qwen compute the logits in the activations' dtype, which differs only in bf16).
@@ -75,10 +79,11 @@ from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 
 __all__ = [
     "Routing", "Router", "Experts", "MoE", "load_balancing_loss", "router_z_loss",
-    "SCORINGS", "GROUP_SCORES", "MOE_IMPLEMENTATIONS",
+    "SCORINGS", "GROUP_SCORES", "WEIGHTINGS", "MOE_IMPLEMENTATIONS",
 ]  # fmt: skip
 
 SCORINGS = ("softmax", "sigmoid")
+WEIGHTINGS = ("output", "input")
 GROUP_SCORES = ("max", "top2_sum")
 MOE_IMPLEMENTATIONS = ("loop", "batched")
 
@@ -188,6 +193,8 @@ class Experts(nn.Module):
 
     Gated (default): expert_e(x) = down_e(act(gate_e x) * up_e x), as `GatedFFN`;
     gated=False: down_e(act(up_e x)), as `ClassicFFN`. No biases (no published MoE has them).
+    weighting="output" adds w * expert_e(x); "input" adds expert_e(w * x) (Llama 4). The two
+    differ because the expert is not linear: silu(w a) * (w b) != w * silu(a) * b.
 
     Shapes: x (N, embed_dim), experts and weights (N, k) -> (N, embed_dim)
     """
@@ -210,21 +217,31 @@ class Experts(nn.Module):
         return F.linear(hidden, self.down_proj[index])
 
     def forward(
-        self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, implementation: str = "loop"
+        self,
+        x: torch.Tensor,
+        experts: torch.Tensor,
+        weights: torch.Tensor,
+        implementation: str = "loop",
+        weighting: str = "output",
     ) -> torch.Tensor:
         check_choice("implementation", implementation, MOE_IMPLEMENTATIONS)
+        check_choice("weighting", weighting, WEIGHTINGS)
         if implementation == "loop":
-            return self._loop(x, experts, weights)
-        return self._batched(x, experts, weights)
+            return self._loop(x, experts, weights, weighting)
+        return self._batched(x, experts, weights, weighting)
 
-    def _loop(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, weighting: str) -> torch.Tensor:
         out = torch.zeros_like(x)
         for index in experts.unique().tolist():  # only the experts some token chose
             token, slot = torch.where(experts == index)  # which tokens, and which of their k choices
-            out.index_add_(0, token, self.expert(index, x[token]) * weights[token, slot, None])
+            weight = weights[token, slot, None]  # (n, 1)
+            if weighting == "input":
+                out.index_add_(0, token, self.expert(index, x[token] * weight))
+            else:
+                out.index_add_(0, token, self.expert(index, x[token]) * weight)
         return out
 
-    def _batched(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _batched(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, weighting: str) -> torch.Tensor:
         k = experts.shape[1]
         expert_of_pair = experts.flatten()  # (N k,): one (token, choice) pair per routed slot
         order = expert_of_pair.argsort(stable=True)  # pairs grouped by expert
@@ -234,11 +251,14 @@ class Experts(nn.Module):
         row = torch.arange(order.numel(), device=x.device) - first[sorted_expert]  # place inside the block
         token = order // k
         padded = x.new_zeros(self.num_experts, int(counts.max()), self.embed_dim)  # (E, C, d)
-        padded[sorted_expert, row] = x[token]
+        pair_weight = weights.flatten()[order, None]  # (N k, 1)
+        padded[sorted_expert, row] = x[token] * pair_weight if weighting == "input" else x[token]
         up = padded @ self.up_proj.transpose(1, 2)  # (E, C, F)
         hidden = self.act(padded @ self.gate_proj.transpose(1, 2)) * up if self.gate_proj is not None else self.act(up)
         y = hidden @ self.down_proj.transpose(1, 2)  # (E, C, d)
-        contribution = y[sorted_expert, row] * weights.flatten()[order, None]  # (N k, d)
+        contribution = y[sorted_expert, row]  # (N k, d)
+        if weighting == "output":
+            contribution = contribution * pair_weight
         return torch.zeros_like(x).index_add_(0, token, contribution)
 
     def extra_repr(self) -> str:
@@ -278,9 +298,12 @@ class MoE(nn.Module):
         group_score: str = "max",
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
+        weighting: str = "output",
         implementation: str = "loop",
     ):
         super().__init__()
+        check_choice("weighting", weighting, WEIGHTINGS)
+        self.weighting = weighting
         self.router = Router(
             embed_dim, num_experts, experts_per_token, scoring=scoring, renormalize=renormalize,
             num_groups=num_groups, groups_per_token=groups_per_token, group_score=group_score,
@@ -301,7 +324,7 @@ class MoE(nn.Module):
         self.last_routing = routing
         if self.training:
             self.tokens_per_expert += torch.bincount(routing.experts.flatten(), minlength=self.router.num_experts)
-        out = self.experts(flat, routing.experts, routing.weights.to(x.dtype), self.implementation)
+        out = self.experts(flat, routing.experts, routing.weights.to(x.dtype), self.implementation, self.weighting)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view_as(x)
@@ -337,7 +360,8 @@ class MoE(nn.Module):
         self.tokens_per_expert.zero_()
 
     def extra_repr(self) -> str:
-        return f"implementation={self.implementation!r}"
+        weighting = f", weighting={self.weighting!r}" if self.weighting != "output" else ""
+        return f"implementation={self.implementation!r}{weighting}"
 
 
 def load_balancing_loss(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
