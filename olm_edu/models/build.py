@@ -73,6 +73,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            index_topk=cfg.index_topk,
+            index_heads=cfg.index_heads,
+            index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
     chunked = cfg.layer_type(index) == "chunked_attention"

@@ -80,6 +80,11 @@ class ModelConfig:
         rope_head_dim rotated ones (qk_rope_head_dim; the rotated key is one vector shared by
         all heads); values are value_head_dim wide (v_head_dim; None: head_dim). qkv_bias
         puts biases on the two down-projections (transformers' attention_bias).
+    Sparse attention (DeepSeek-V3.2; see olm_edu.nn.indexer)
+        index_topk: each query attends only to the index_topk keys a lightning indexer scores
+        highest (None: every key); the indexer has index_heads heads of index_head_dim, reads
+        its queries from the query latent (so it needs q_latent_dim) and caches one key of
+        index_head_dim per token. Only with attention="mla".
     Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
@@ -156,6 +161,10 @@ class ModelConfig:
     kv_latent_dim: int | None = None
     rope_head_dim: int | None = None
     value_head_dim: int | None = None
+    # sparse attention: top-k keys per query, chosen by a lightning indexer
+    index_topk: int | None = None
+    index_heads: int | None = None
+    index_head_dim: int | None = None
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int | None = None
@@ -360,7 +369,7 @@ _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim"
 def _validate_mla(cfg: ModelConfig) -> None:
     check_choice("attention", cfg.attention, ATTENTIONS)
     if cfg.attention == "standard":
-        for name in _MLA_KNOBS:
+        for name in (*_MLA_KNOBS, "index_topk", "index_heads", "index_head_dim"):
             if getattr(cfg, name) is not None:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='standard'")
         return
@@ -386,6 +395,28 @@ def _validate_mla(cfg: ModelConfig) -> None:
     ):  # fmt: skip
         if getattr(cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
+    _validate_indexer(cfg)
+
+
+_INDEXER_KNOBS = ("index_topk", "index_heads", "index_head_dim")
+
+
+def _validate_indexer(cfg: ModelConfig) -> None:
+    """The lightning indexer's knobs: all set (sparse attention) or all None."""
+    set_knobs = [name for name in _INDEXER_KNOBS if getattr(cfg, name) is not None]
+    if not set_knobs:
+        return
+    if len(set_knobs) != len(_INDEXER_KNOBS):
+        missing = [name for name in _INDEXER_KNOBS if name not in set_knobs]
+        raise ValueError(f"sparse attention sets {', '.join(set_knobs)} but not {', '.join(missing)}: set all three or none")
+    for name in _INDEXER_KNOBS:
+        _positive(name, getattr(cfg, name))
+    if cfg.q_latent_dim is None:
+        raise ValueError("index_topk needs q_latent_dim: the indexer reads its queries from the query latent")
+    if cfg.index_head_dim < cfg.rope_head_dim:
+        raise ValueError(
+            f"index_head_dim={cfg.index_head_dim} must be >= rope_head_dim={cfg.rope_head_dim} (RoPE rotates that many)"
+        )
 
 
 _MOE_KNOBS = {
