@@ -237,3 +237,40 @@ def test_knobs_llama4_cannot_express_are_refused_when_writing(changes, message):
     cfg = from_hf_config(TINY_CONFIGS["all"]).replace(**changes)
     with pytest.raises(ValueError, match=message):
         to_hf_config(cfg)
+
+
+def test_scout_preset_counts_are_transformers_counts_on_the_meta_device():
+    """Llama 4 Scout's language model: total and active parameters against Llama4ForCausalLM
+    built from the published text_config on the meta device (nothing allocated)."""
+    from olm_edu.models import preset
+    from olm_edu.models.presets import CONFIG_DIR
+
+    published = transformers.AutoConfig.from_pretrained(CONFIG_DIR / "Llama-4-Scout-17B-16E.json").get_text_config()
+    with torch.device("meta"):
+        reference = transformers.Llama4ForCausalLM(published)
+    total = sum(p.numel() for p in reference.parameters())
+    routed = sum(p.numel() for name, p in reference.named_parameters() if ".feed_forward.experts." in name)
+    counted = count_params(preset("Llama-4-Scout-17B-16E"))
+    assert counted.total == total == 107_769_861_120
+    assert counted.active == total - routed + routed // published.num_local_experts  # top-1 of 16
+    assert round(counted.active / 1e9) == 17  # the "17B" of the name: active, input embedding included
+
+
+def test_render_diff_from_llama_3_to_llama_4_is_the_list_of_llama_4_knobs():
+    from olm_edu.models import preset, render_diff
+
+    text = render_diff(preset("Llama-3.1-8B"), preset("Llama-4-Scout-17B-16E"))
+    for knob in ("rope_layout", "nope_layers", "attention_chunk_size", "layer_types", "qk_l2_norm",
+                 "attn_temperature_tuning", "num_experts", "num_shared_experts", "router_weighting", "router_scoring"):
+        assert knob in text
+    assert "[chunked, chunked, chunked, full] x 12" in text
+
+
+def test_a_chunked_layer_caches_at_most_its_chunk():
+    from olm_edu.models import preset
+
+    scout = preset("Llama-4-Scout-17B-16E")
+    per_token_layer = 2 * scout.kv_heads * scout.head_size * 2  # k and v, bf16
+    # 36 chunked layers hold positions 131072 - 8192 .. 131071 at most; 12 NoPE layers hold all
+    assert kv_cache_bytes(scout, 131_072) == per_token_layer * (36 * 8192 + 12 * 131_072)
+    assert kv_cache_bytes(scout, 8193) == per_token_layer * (36 * 1 + 12 * 8193)  # a new chunk has begun

@@ -43,6 +43,7 @@ HUB_IDS = {
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
     "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
+    "Llama-4-Scout-17B-16E": "meta-llama/Llama-4-Scout-17B-16E",  # the text_config (language model) only
 }
 
 

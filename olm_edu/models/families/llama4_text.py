@@ -250,7 +250,6 @@ def write(cfg: ModelConfig) -> dict[str, Any]:
         "num_local_experts": cfg.num_experts or 1,  # the class always has the key; unused without MoE layers
         "num_experts_per_tok": cfg.experts_per_token or 1,
         "moe_layers": moe_layers,
-        "router_aux_loss_coef": 0.0,
     }
 
 
