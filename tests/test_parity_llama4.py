@@ -110,8 +110,8 @@ def test_cached_decoding_equals_full_forward_across_chunk_boundaries(variant):
     with torch.no_grad():
         full = ours(ids)
         cache = ours.new_cache()
-        steps = [ours(ids[:, :3], cache=cache)]  # a prompt inside the first chunk, then one token at a time
-        for t in range(3, ids.shape[1]):
+        steps = [ours(ids[:, :7], cache=cache)]  # a prompt longer than a chunk, then one token at a time
+        for t in range(7, ids.shape[1]):
             steps.append(ours(ids[:, t : t + 1], cache=cache))
             chunked = [i for i in range(ours.config.num_layers) if ours.config.layer_type(i) == "chunked_attention"]
             # a chunked layer holds only the current chunk's keys: positions t // chunk * chunk .. t
@@ -274,3 +274,45 @@ def test_a_chunked_layer_caches_at_most_its_chunk():
     # 36 chunked layers hold positions 131072 - 8192 .. 131071 at most; 12 NoPE layers hold all
     assert kv_cache_bytes(scout, 131_072) == per_token_layer * (36 * 8192 + 12 * 131_072)
     assert kv_cache_bytes(scout, 8193) == per_token_layer * (36 * 1 + 12 * 8193)  # a new chunk has begun
+
+
+def test_a_multimodal_checkpoint_loads_its_language_model():
+    """A Llama4ForConditionalGeneration folder (the published releases' layout: config.json with a
+    text_config, weights under language_model.) loads as the text model; the vision tower is skipped."""
+    text = {key: value for key, value in TINY_CONFIGS["all"].items() if key != "model_type"}
+    vision = dict(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vision_output_dim=16,
+        image_size=28, patch_size=14, projector_input_dim=16, projector_output_dim=32,
+    )  # fmt: skip
+    reference = transformers.Llama4ForConditionalGeneration(transformers.Llama4Config(text_config=text, vision_config=vision))
+    perturb_(reference.eval(), seed=1)
+    with tempfile.TemporaryDirectory() as folder:
+        reference.save_pretrained(folder)
+        ours = from_pretrained(folder)
+    ids = random_ids(text["vocab_size"], length=SEQ_LEN)
+    with torch.no_grad():
+        assert max_error(ours(ids), reference(input_ids=ids).logits) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(attention_chunk_size=0), "attention_chunk_size=0 must be a positive int"),
+        (dict(layer_types=("chunked_attention", "full_attention")), "attention_chunk_size is None"),
+        (dict(attention_chunk_size=4, layer_types=("full_attention",) * 2), "no layer_types entry is chunked_attention"),
+        (dict(attention_chunk_size=4, sliding_window=8), "say in layer_types which layers slide"),
+        (dict(qk_l2_norm=True, position="learned"), "qk_l2_norm=True normalises the rotated queries"),
+        (dict(attn_temperature_floor=0), "attn_temperature_floor=0 must be a positive int"),
+        (dict(num_experts=4, experts_per_token=1, moe_layers=(2,)), r"moe_layers entry 2 must be a layer index"),
+        (dict(num_experts=4, experts_per_token=1, moe_layers=(1,), first_dense_layers=1), "first_dense_layers=1 must be 0"),
+        (dict(num_experts=4, experts_per_token=1, router_weighting="both"), "router_weighting='both' is not one of"),
+        (dict(moe_layers=(1,)), "moe_layers=.* is a mixture-of-experts knob, but num_experts=0"),
+    ],
+)
+def test_llama4_knobs_are_validated_by_name(changes, message):
+    from olm_edu.models import ModelConfig
+
+    base = ModelConfig(vocab_size=32, max_seq_len=16, embed_dim=16, num_layers=2, num_heads=2, hidden_dim=32,
+                       position="rope", norm="rmsnorm", norm_bias=False)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        base.replace(**changes)
