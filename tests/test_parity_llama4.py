@@ -23,7 +23,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from olm_edu.analysis import count_params, kv_cache_bytes  # noqa: E402
+from olm_edu.analysis import count_params, flops_per_token, kv_cache_bytes  # noqa: E402
 from olm_edu.generate import generate  # noqa: E402
 from olm_edu.hf import from_pretrained, save_pretrained, to_hf_state_dict  # noqa: E402
 from olm_edu.models import build  # noqa: E402
@@ -274,6 +274,8 @@ def test_a_chunked_layer_caches_at_most_its_chunk():
     # 36 chunked layers hold positions 131072 - 8192 .. 131071 at most; 12 NoPE layers hold all
     assert kv_cache_bytes(scout, 131_072) == per_token_layer * (36 * 8192 + 12 * 131_072)
     assert kv_cache_bytes(scout, 8193) == per_token_layer * (36 * 1 + 12 * 8193)  # a new chunk has begun
+    scores = flops_per_token(scout, 131_072)["attention_scores"]
+    assert scores == 2 * 2 * scout.num_heads * scout.head_size * (36 * 8192 + 12 * 131_072)  # q.k and the sum of v
 
 
 def test_a_multimodal_checkpoint_loads_its_language_model():
@@ -316,3 +318,26 @@ def test_llama4_knobs_are_validated_by_name(changes, message):
                        position="rope", norm="rmsnorm", norm_bias=False)  # fmt: skip
     with pytest.raises(ValueError, match=message):
         base.replace(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(moe_layers=[]),  # every layer dense: intermediate_size_mlp wide
+        dict(moe_layers=None, interleave_moe_layer_step=2),  # Maverick's pattern: layers 1, 3
+        dict(use_qk_norm=False, attn_temperature_tuning=False, attention_chunk_size=None),  # plain NoPE + RoPE
+    ],
+    ids=["all_dense", "step_2", "features_off"],
+)
+def test_other_layer_patterns_match_transformers_and_round_trip(changes, tmp_path):
+    config_json = dict(TINY_CONFIGS["all"], **changes)
+    cfg = from_hf_config(config_json)
+    assert from_hf_config(to_hf_config(cfg)) == cfg
+    reference = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**config_json), attn_implementation="eager"
+    )
+    perturb_(reference, seed=2)
+    reference.eval().save_pretrained(tmp_path)
+    ids = random_ids(config_json["vocab_size"], length=SEQ_LEN)
+    with torch.no_grad():
+        assert max_error(from_pretrained(tmp_path)(ids), reference(ids).logits) <= TOLERANCE
