@@ -9,7 +9,9 @@
       norm         the final norm
       head         logits, tied to `embed` or not, optionally soft-capped
 
-(post-norm puts the norm after each residual add instead, and has no final norm.)
+(post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
+(OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
+its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
 `attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), and `mlp` is an `MoE`
 (router + experts) on the layers where cfg.is_moe_layer(index) (all but the first
 first_dense_layers when num_experts > 0). Parameter names come out readable:
@@ -81,6 +83,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
     chunked = cfg.layer_type(index) == "chunked_attention"
     rotates = cfg.uses_rope(index)
     temperature = (cfg.attn_temperature_floor, cfg.attn_temperature_scale)
+    rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
     return Attention(
         cfg.embed_dim,
         cfg.num_heads,
@@ -90,8 +93,8 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
         position="none" if cfg.position == "rope" and not rotates else cfg.position,  # a NoPE layer
-        rope_theta=cfg.rope_theta,
-        rope_scaling=cfg.rope_scaling,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         rope_layout=cfg.rope_layout,
         partial_rotary_factor=cfg.partial_rotary_factor,
         max_seq_len=cfg.max_seq_len,
@@ -105,6 +108,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         temperature_tuning=temperature if cfg.attn_temperature_tuning and not rotates else None,  # NoPE layers only
         dropout=cfg.dropout,
         layer_index=index,
+        qk_norm_scope=cfg.qk_norm_scope,
+        norm_convention="gemma" if cfg.norm == "rmsnorm_gemma" else "llama",
+        sinks=cfg.attention_sinks,
     )
 
 
@@ -127,6 +133,10 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             selection_bias=cfg.router_selection_bias,
             scaling_factor=cfg.routed_scaling_factor,
             weighting=cfg.router_weighting,
+            router_bias=cfg.router_bias,
+            expert_bias=cfg.expert_bias,
+            swiglu_limit=cfg.swiglu_limit,
+            swiglu_alpha=cfg.swiglu_alpha,
         )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
@@ -141,6 +151,11 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
             attn_norm=_norm(cfg),
             ffn=Residual(mlp=_ffn(cfg, index), dropout=dropout()),
             ffn_norm=_norm(cfg),
+        )
+    if cfg.norm_placement == "post_sublayer":  # OLMo 2/3: x + norm(sublayer(x))
+        return Block(
+            attn=Residual(attention=_attention(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
+            ffn=Residual(mlp=_ffn(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
         )
     sandwich = cfg.norm_placement == "sandwich"
     return Block(
