@@ -571,7 +571,8 @@ _PLAIN_ROPE_FAMILY_FIXED = {
 # Knobs added in Part III (olm_edu.models.families): no Part I–II family's class can turn them.
 _PART_III_KNOBS_OFF = {
     "nope_layers": None, "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False,
-    "moe_layers": None, "router_weighting": "output",
+    "moe_layers": None, "router_weighting": "output", "attention_sinks": False, "qk_norm_scope": "head",
+    "rope_theta_local": None, "rope_scaling_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 # Knobs no dense family's transformers class can turn.
 _DENSE = {"num_experts": 0, "attention": "standard", "mtp_layers": 0}

@@ -83,11 +83,13 @@ FIXED: dict[str, Any] = {
     "partial_rotary_factor": 1.0, "ffn": "glu", "ffn_bias": False, "qk_norm": False, "attn_logit_softcap": None,
     "final_logit_softcap": None, "sliding_window": None, "causal": True, "scale_embeddings": False,
     "lm_head_bias": False, "attention": "standard", "mtp_layers": 0, "first_dense_layers": 0, "load_balance_coef": 0.0,
+    "qk_norm_scope": "head", "attention_sinks": False, "rope_theta_local": None, "rope_scaling_local": None,
 }  # fmt: skip
 # ... and on its MoE layers (when there are any).
 FIXED_MOE: dict[str, Any] = {
     "router_scoring": "sigmoid", "router_renormalize": False, "expert_groups": 1, "groups_per_token": 1,
     "router_selection_bias": False, "routed_scaling_factor": 1.0, "num_shared_experts": 1, "router_weighting": "input",
+    "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 
 # (our name, transformers' name); specific entries before the generic feed_forward.{proj} one.
