@@ -341,3 +341,12 @@ def test_other_layer_patterns_match_transformers_and_round_trip(changes, tmp_pat
     ids = random_ids(config_json["vocab_size"], length=SEQ_LEN)
     with torch.no_grad():
         assert max_error(from_pretrained(tmp_path)(ids), reference(ids).logits) <= TOLERANCE
+
+
+def test_missing_keys_take_the_transformers_defaults():
+    """DEFAULTS of the family module are Llama4TextConfig's: a minimal config.json reads the same
+    as the dict transformers fills in from it."""
+    minimal = {"model_type": "llama4_text", "vocab_size": 96, "hidden_size": 64, "num_hidden_layers": 8,
+               "num_attention_heads": 8, "num_key_value_heads": 2}  # fmt: skip
+    filled = transformers.AutoConfig.for_model(**minimal).to_dict()
+    assert from_hf_config(minimal, name="t") == from_hf_config(filled, name="t")
