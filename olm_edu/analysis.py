@@ -201,9 +201,12 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def _tokens_seen(cfg: ModelConfig, layer: int, seq_len: int) -> int:
-    """Keys a query at position seq_len - 1 attends to in `layer` (a window caps sliding layers)."""
+    """Keys a query at position seq_len - 1 attends to in `layer`: a window caps sliding layers;
+    a chunked layer sees the start of its chunk up to itself ((seq_len - 1) mod chunk + 1)."""
     if cfg.layer_type(layer) == "sliding_attention":
         return min(seq_len, cfg.sliding_window)
+    if cfg.layer_type(layer) == "chunked_attention":
+        return (seq_len - 1) % cfg.attention_chunk_size + 1
     return seq_len
 
 
@@ -213,7 +216,8 @@ def kv_cache_bytes(
     """Bytes of the key/value cache after `seq_len` tokens.
 
     Sum over layers of 2 (k and v) * kv_heads * head_size * tokens cached * batch_size, in
-    `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens. Multi-head
+    `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens, a chunked
+    layer (Llama 4) only the tokens of the current chunk (at most attention_chunk_size). Multi-head
     latent attention caches kv_latent_dim + rope_head_dim numbers per token and layer (the
     latent and the shared rotated key), whatever the number of heads; sparse attention adds the
     indexer's key (index_head_dim), all in the same `dtype` (DeepSeek stores it in fp8).
@@ -241,7 +245,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     their weight count: "attention" (q, k, v, o), "ffn", and "head" (the logits, vocab * d, paid
     even when the head is tied). "attention_scores" is q.k^T plus the weighted sum of values:
     2 * 2 * T * num_heads * head_size per layer, with T = seq_len (min(seq_len, window) on
-    sliding layers) -- the cost of the last token, not halved for the causal mask. With MLA the
+    sliding layers, the tokens of its chunk on chunked ones) -- the cost of the last token, not halved for the causal mask. With MLA the
     projections are its down- and up-projections (each token's latent expanded once), and the
     scores cost 2 * T * num_heads * (qk_head_size + value_head_size). An MoE layer counts
     the matrices a token uses: the router, its experts_per_token experts and the shared ones.

@@ -135,6 +135,20 @@ def test_loop_and_batched_experts_agree_with_one_feed_forward_per_token(gated):
     torch.testing.assert_close(experts(x, chosen, weights, "batched"), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_input_weighting_scales_the_token_before_the_expert():
+    """Llama 4: expert_e(w * x) instead of w * expert_e(x); both expert paths, and it differs."""
+    experts = Experts(6, 16, 24)
+    for weight in (experts.gate_proj, experts.up_proj, experts.down_proj):
+        weight.data.normal_(0, 0.3)
+    x, chosen = randn(30, 16, seed=5), torch.randint(0, 6, (30, 1), generator=torch.Generator().manual_seed(0))
+    weights = randn(30, 1, seed=6).sigmoid()
+    expected = torch.stack([experts.expert(int(chosen[t, 0]), weights[t] * x[t : t + 1])[0] for t in range(30)])
+    for implementation in ("loop", "batched"):
+        got = experts(x, chosen, weights, implementation, weighting="input")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (experts(x, chosen, weights, "loop", weighting="output") - expected).abs().max() > 1e-2
+
+
 def test_an_expert_is_the_gated_ffn_with_its_slice_of_the_weights():
     experts = Experts(3, 16, 24)
     ffn = GatedFFN(16, 24)

@@ -128,6 +128,10 @@ CASES = {
          512, None),
         (128, 500000.0, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 8192}, 131072, 0.5),
+
+        # Llama 4 Scout: equal factors, no smooth band
+        (128, 500000.0, {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192}, 10485760, None),
     ],
 }
 

@@ -61,6 +61,10 @@ PUBLISHED_TOTALS = {
     "Olmo-3-7B": 7_298_011_136,
     # SmolLM3-3B: 3.08B, transformers' meta-device count from the config.json
     "SmolLM3-3B": 3_075_098_624,
+    # the language model of the multimodal release (the hub's "109B" adds the vision encoder and
+    # projector); no hub figure for the text part alone: transformers' meta-device count of
+    # Llama4ForCausalLM, see tests/test_parity_llama4.py
+    "Llama-4-Scout-17B-16E": 107_769_861_120,
 }
 
 # transformers config fields that do not change the architecture

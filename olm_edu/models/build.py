@@ -80,6 +80,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
             index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
+    chunked = cfg.layer_type(index) == "chunked_attention"
+    rotates = cfg.uses_rope(index)
+    temperature = (cfg.attn_temperature_floor, cfg.attn_temperature_scale)
     rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
     return Attention(
         cfg.embed_dim,
@@ -89,17 +92,20 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         bias=cfg.qkv_bias,
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
-        position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
+        position="none" if cfg.position == "rope" and not rotates else cfg.position,  # a NoPE layer
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         rope_layout=cfg.rope_layout,
         partial_rotary_factor=cfg.partial_rotary_factor,
         max_seq_len=cfg.max_seq_len,
         qk_norm=cfg.qk_norm,
+        qk_l2_norm=cfg.qk_l2_norm and rotates,  # Llama 4 leaves its NoPE layers unnormalised
         norm_eps=cfg.norm_eps,
         logit_softcap=cfg.attn_logit_softcap,
         scale=None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar**-0.5,
         sliding_window=cfg.sliding_window if sliding else None,
+        chunk_size=cfg.attention_chunk_size if chunked else None,
+        temperature_tuning=temperature if cfg.attn_temperature_tuning and not rotates else None,  # NoPE layers only
         dropout=cfg.dropout,
         layer_index=index,
         qk_norm_scope=cfg.qk_norm_scope,
@@ -126,6 +132,7 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             group_score=cfg.router_group_score,
             selection_bias=cfg.router_selection_bias,
             scaling_factor=cfg.routed_scaling_factor,
+            weighting=cfg.router_weighting,
             router_bias=cfg.router_bias,
             expert_bias=cfg.expert_bias,
             swiglu_limit=cfg.swiglu_limit,

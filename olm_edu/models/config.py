@@ -23,10 +23,11 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
-LAYER_TYPES = ("full_attention", "sliding_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 ATTENTIONS = ("standard", "mla")
 ROUTER_SCORINGS = ("softmax", "sigmoid")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
+ROUTER_WEIGHTINGS = ("output", "input")
 FAMILIES = (
     "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
     "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3",
@@ -70,8 +71,14 @@ class ModelConfig:
     Attention
         qkv_bias, attn_out_bias, qk_norm (RMSNorm on each head's queries and keys, before
         RoPE), attn_logit_softcap, query_pre_attn_scalar (scale = its -1/2 power; None:
-        head_dim), sliding_window, layer_types (per layer "full_attention" or
-        "sliding_attention"; None: all sliding if sliding_window else all full), causal.
+        head_dim), sliding_window, attention_chunk_size (Llama 4: a query sees only the keys
+        of its own block of that many positions, causally), layer_types (per layer
+        "full_attention", "sliding_attention" or "chunked_attention"; None: all sliding if
+        sliding_window, all chunked if attention_chunk_size, else all full), causal.
+        qk_l2_norm (Llama 4: a weightless RMSNorm of each head's queries and keys after RoPE,
+        on the layers that rotate). attn_temperature_tuning (Llama 4, on the NoPE layers:
+        queries at position t times 1 + attn_temperature_scale * log(1 + floor((t + 1) /
+        attn_temperature_floor))).
         qk_norm_scope: "head" (one RMSNorm of head_dim shared by every head: Qwen 3, Gemma 3) or
         "projection" (OLMo 2/3: one RMSNorm over the whole query projection, num_heads * head_dim
         wide, and one over the keys, num_kv_heads * head_dim, before splitting into heads).
@@ -96,7 +103,11 @@ class ModelConfig:
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
         experts, fused into one feed-forward num_shared_experts * expert_hidden_dim wide),
-        first_dense_layers (that many leading layers keep a dense feed-forward of hidden_dim).
+        first_dense_layers (that many leading layers keep a dense feed-forward of hidden_dim),
+        moe_layers (None: every layer from first_dense_layers on has experts; else exactly the
+        listed layers do and the others keep a dense feed-forward of hidden_dim; Llama 4).
+        router_weighting: "output" (y = w * expert(x), everyone) or "input" (y = expert(w * x):
+        Llama 4 scales the token before the expert sees it).
         The router: router_scoring "softmax" (Mixtral, Qwen, DeepSeek-V2) or "sigmoid"
         (DeepSeek-V3); router_renormalize (divide the chosen weights by their sum);
         expert_groups / groups_per_token (group-limited routing: the experts form expert_groups
@@ -156,8 +167,13 @@ class ModelConfig:
     attn_logit_softcap: float | None = None
     query_pre_attn_scalar: float | None = None
     sliding_window: int | None = None
+    attention_chunk_size: int | None = None
     layer_types: tuple[str, ...] | None = None
     causal: bool = True
+    qk_l2_norm: bool = False
+    attn_temperature_tuning: bool = False
+    attn_temperature_floor: int = 8192
+    attn_temperature_scale: float = 0.1
     qk_norm_scope: str = "head"
     attention_sinks: bool = False
     rope_theta_local: float | None = None
@@ -178,6 +194,8 @@ class ModelConfig:
     expert_hidden_dim: int | None = None
     num_shared_experts: int = 0
     first_dense_layers: int = 0
+    moe_layers: tuple[int, ...] | None = None
+    router_weighting: str = "output"
     router_scoring: str = "softmax"
     router_renormalize: bool = False
     expert_groups: int = 1
@@ -206,7 +224,7 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("layer_types", "nope_layers"):  # lists (from JSON) become tuples: hashable, comparable
+        for name in ("layer_types", "nope_layers", "moe_layers"):  # lists (from JSON) become tuples: hashable, comparable
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -247,7 +265,9 @@ class ModelConfig:
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` has routed experts (False for dense configs and the first
-        first_dense_layers layers)."""
+        first_dense_layers layers, or those not in moe_layers)."""
+        if self.moe_layers is not None:
+            return self.num_experts > 0 and index in self.moe_layers
         return self.num_experts > 0 and index >= self.first_dense_layers
 
     def uses_rope(self, index: int) -> bool:
@@ -255,10 +275,12 @@ class ModelConfig:
         return self.position == "rope" and (self.nope_layers is None or index not in self.nope_layers)
 
     def layer_type(self, index: int) -> str:
-        """"full_attention" or "sliding_attention" for layer `index`."""
+        """"full_attention", "sliding_attention" or "chunked_attention" for layer `index`."""
         if self.layer_types is not None:
             return self.layer_types[index]
-        return "sliding_attention" if self.sliding_window else "full_attention"
+        if self.sliding_window:
+            return "sliding_attention"
+        return "chunked_attention" if self.attention_chunk_size else "full_attention"
 
     def rope_of_layer(self, index: int) -> tuple[float, dict[str, Any] | None]:
         """(theta, scaling) of layer `index`'s RoPE: the local pair on sliding layers when set."""
@@ -323,6 +345,9 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        if "chunked_attention" in cfg.layer_types and cfg.attention_chunk_size is None:
+            raise ValueError("layer_types has chunked_attention layers but attention_chunk_size is None")
+    _validate_llama4_attention(cfg)
     _validate_nope_layers(cfg)
     if cfg.rope_scaling is not None and cfg.position != "rope":
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
@@ -335,6 +360,24 @@ def validate(cfg: ModelConfig) -> None:
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0 (0 switches it off)")
+
+
+def _validate_llama4_attention(cfg: ModelConfig) -> None:
+    """Chunks, the L2 QK-norm and temperature tuning (Llama 4's attention knobs)."""
+    if cfg.attention_chunk_size is not None:
+        _positive("attention_chunk_size", cfg.attention_chunk_size)
+        if cfg.layer_types is None and cfg.sliding_window is not None:
+            raise ValueError(
+                f"sliding_window={cfg.sliding_window} and attention_chunk_size={cfg.attention_chunk_size} are both set: "
+                "say in layer_types which layers slide and which are chunked"
+            )
+        if cfg.layer_types is not None and "chunked_attention" not in cfg.layer_types:
+            raise ValueError(f"attention_chunk_size={cfg.attention_chunk_size} is set but no layer_types entry is chunked_attention")
+    if cfg.qk_l2_norm and cfg.position != "rope":
+        raise ValueError(f"qk_l2_norm=True normalises the rotated queries and keys; it needs position='rope', got {cfg.position!r}")
+    _positive("attn_temperature_floor", cfg.attn_temperature_floor)
+    if not cfg.attn_temperature_scale >= 0:
+        raise ValueError(f"attn_temperature_scale={cfg.attn_temperature_scale!r} must be >= 0")
 
 
 def _validate_nope_layers(cfg: ModelConfig) -> None:
@@ -380,7 +423,10 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
-    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar", "nope_layers"):
+    for name in (
+        "qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar", "nope_layers",
+        "attention_chunk_size", "qk_l2_norm", "attn_temperature_tuning",
+    ):  # fmt: skip
         if getattr(cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
     _validate_indexer(cfg)
@@ -411,6 +457,7 @@ _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
     "router_bias": False, "expert_bias": False, "swiglu_limit": None,
+    "moe_layers": None, "router_weighting": "output",
 }  # fmt: skip
 
 
@@ -432,6 +479,15 @@ def _validate_moe(cfg: ModelConfig) -> None:
         _positive("expert_hidden_dim", cfg.expert_hidden_dim)
     _positive_or_zero("num_shared_experts", cfg.num_shared_experts)
     _positive_or_zero("first_dense_layers", cfg.first_dense_layers)
+    check_choice("router_weighting", cfg.router_weighting, ROUTER_WEIGHTINGS)
+    if cfg.moe_layers is not None:
+        if cfg.first_dense_layers:
+            raise ValueError(f"moe_layers lists the MoE layers; first_dense_layers={cfg.first_dense_layers} must be 0 with it")
+        for index in cfg.moe_layers:
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
+                raise ValueError(f"moe_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
+        if list(cfg.moe_layers) != sorted(set(cfg.moe_layers)):
+            raise ValueError(f"moe_layers={cfg.moe_layers} must be sorted, without repeats")
     if cfg.first_dense_layers > cfg.num_layers:
         raise ValueError(f"first_dense_layers={cfg.first_dense_layers} must be <= num_layers={cfg.num_layers}")
     _positive("expert_groups", cfg.expert_groups)

@@ -554,7 +554,6 @@ def _unwrap_text_config(data: dict[str, Any]) -> tuple[dict[str, Any], str | Non
 # Knobs each family's transformers class hard-codes: knob -> the only value it can express.
 _ROPE_FAMILY_FIXED = {
     "position": "rope",
-    "nope_layers": None,
     "rope_layout": "half",
     "partial_rotary_factor": 1.0,
     "ffn": "glu",
@@ -569,6 +568,12 @@ _PLAIN_ROPE_FAMILY_FIXED = {
     "scale_embeddings": False,
     "causal": True,
 }
+# Knobs added in Part III (olm_edu.models.families): no Part I–II family's class can turn them.
+_PART_III_KNOBS_OFF = {
+    "nope_layers": None, "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False,
+    "moe_layers": None, "router_weighting": "output", "attention_sinks": False, "qk_norm_scope": "head",
+    "rope_theta_local": None, "rope_scaling_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
+}  # fmt: skip
 # Knobs no dense family's transformers class can turn.
 _DENSE = {"num_experts": 0, "attention": "standard", "mtp_layers": 0}
 # The router of each MoE family, and knobs they share.
@@ -665,7 +670,7 @@ def _cannot(cfg: ModelConfig, knob: str, why: str) -> ValueError:
 
 
 def _check_expressible(cfg: ModelConfig) -> None:
-    for knob, needed in FIXED_KNOBS[cfg.family].items():
+    for knob, needed in {**_PART_III_KNOBS_OFF, **FIXED_KNOBS[cfg.family]}.items():
         if getattr(cfg, knob) != needed:
             raise _cannot(cfg, knob, f"its transformers class needs {needed!r}")
     if cfg.family in ("llama", "qwen3", "gemma2", "qwen3_moe", *DEEPSEEK_FAMILIES) and cfg.qkv_bias != cfg.attn_out_bias:

@@ -50,6 +50,7 @@ HUB_IDS = {
     "gemma-3-27b": "google/gemma-3-27b-pt",  # the language model of the multimodal release (text_config)
     "Olmo-3-7B": "allenai/Olmo-3-1025-7B",
     "SmolLM3-3B": "HuggingFaceTB/SmolLM3-3B",
+    "Llama-4-Scout-17B-16E": "meta-llama/Llama-4-Scout-17B-16E",  # the text_config (language model) only
 }
 
 

@@ -4,7 +4,8 @@
     activations   GELU (exact, tanh), SiLU, ReLU by name; the GLU family
     ffn           ClassicFFN, GatedFFN (SwiGLUFFN, GeGLUFFN), gated_hidden_dim
     positions     learned, sinusoidal, RoPE (both layouts, all scalings), ALiBi
-    attention     Attention: MHA/GQA/MQA, RoPE, ALiBi, QK-norm, soft-cap, sliding window; attend
+    attention     Attention: MHA/GQA/MQA, RoPE, ALiBi, QK-norm, soft-cap, sliding window, chunks,
+                  NoPE, temperature tuning (Llama 4); attend
     linear_attention  LinearAttention: the gated delta rule (Gated DeltaNet, Kimi Delta Attention)
     mla           LatentAttention: multi-head latent attention (DeepSeek), latent KV cache
     indexer       LightningIndexer: top-k key selection for sparse attention (DeepSeek-V3.2)
@@ -20,7 +21,7 @@ Importing this package does not import transformers.
 """
 
 from olm_edu.nn.activations import ACTIVATIONS, GLU_VARIANTS, get_activation, glu
-from olm_edu.nn.attention import Attention, attend, attention_mask, repeat_kv, softcap
+from olm_edu.nn.attention import Attention, attend, attention_mask, repeat_kv, softcap, temperature_scales
 from olm_edu.nn.blocks import Block, Context, Repeat, Residual
 from olm_edu.nn.cache import KVCache
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN, GeGLUFFN, SwiGLUFFN, gated_hidden_dim
@@ -91,7 +92,7 @@ def ClassicMoEFFN(embed_dim: int, num_experts: int = 8, top_k: int = 2, hidden_d
 
 __all__ = [
     "ACTIVATIONS", "GLU_VARIANTS", "get_activation", "glu",
-    "Attention", "attend", "attention_mask", "repeat_kv", "softcap", "LatentAttention", "mla_softmax_scale",
+    "Attention", "attend", "attention_mask", "repeat_kv", "softcap", "temperature_scales", "LatentAttention", "mla_softmax_scale",
     "LinearAttention", "GatedRMSNorm",
     "LightningIndexer", "top_k_mask",
     "Router", "Routing", "Experts", "MoE", "load_balancing_loss", "router_z_loss",

@@ -5,8 +5,8 @@ For each head h, with queries Q, keys K and values V of width d_h:
     scores = Q K^T * scale                    scale = 1/sqrt(d_h) (or query_pre_attn_scalar^-1/2)
     scores = cap * tanh(scores / cap)         attention-logit soft-cap (Gemma 2), optional
     scores = scores + alibi bias              ALiBi, optional
-    scores[q, k] = -inf where k may not be seen: the future (causal), or further back than the
-                   sliding window (q - k >= window)
+    scores[q, k] = -inf where k may not be seen: the future (causal), further back than the
+                   sliding window (q - k >= window), or in another chunk (q // C != k // C)
     out = softmax(scores) V
 
 With attention sinks (gpt-oss) each head h has a learned logit s_h that joins the softmax as one
@@ -26,6 +26,15 @@ Knobs:
   qk_norm_scope="head"), or one RMSNorm over the whole query projection and one over the keys
   before they are split into heads (OLMo 2/3: qk_norm_scope="projection").
 - sinks=True gives each head its sink logit (the parameter `sinks`, shape (num_heads,)).
+- sliding_window=W: each query sees itself and the W - 1 keys before it (Mistral, Gemma 2).
+  chunk_size=C: the sequence is cut into chunks of C positions, [0, C), [C, 2C), ..., and each
+  query sees only the keys of its own chunk, causally (Llama 4's `attention_chunk_size`). The
+  first query of a chunk sees only itself, however much came before: the chunk boundary is a
+  hard wall, where a window slides.
+- temperature_tuning=(floor, scale): each query is multiplied by
+  1 + scale * log(1 + floor((t + 1) / floor)) at position t, sharpening attention far into a
+  long sequence (Llama 4 on its NoPE layers, after Nakanishi 2025, "Scalable-Softmax"). The
+  factor is exactly 1 for the first floor - 1 positions.
 - implementation="explicit" computes the formula above line by line; "sdpa" calls
   `torch.nn.functional.scaled_dot_product_attention` (which can use fused kernels). They
   agree to float32 rounding. SDPA has no soft-cap, so a soft-capped layer always runs explicit.
@@ -47,7 +56,7 @@ from olm_edu.nn.blocks import Context
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rotary
 
-__all__ = ["Attention", "attend", "attention_mask", "repeat_kv", "softcap", "IMPLEMENTATIONS"]
+__all__ = ["Attention", "attend", "attention_mask", "repeat_kv", "softcap", "temperature_scales", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("explicit", "sdpa")
 
@@ -70,11 +79,13 @@ def attention_mask(
     key_positions: torch.Tensor,
     causal: bool = True,
     window: int | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor | None:
     """(T_q, T_k) boolean mask, True where a query may attend to a key; None if all may.
 
     causal: key position <= query position. window: query - key < window (a window of W
-    sees the token itself and the W - 1 before it).
+    sees the token itself and the W - 1 before it). chunk: query // chunk == key // chunk
+    (both in the same block of `chunk` positions).
     """
     offset = query_positions[:, None] - key_positions[None, :]  # (T_q, T_k)
     allowed = None
@@ -83,7 +94,23 @@ def attention_mask(
     if window is not None:
         inside = offset < window
         allowed = inside if allowed is None else allowed & inside
+    if chunk is not None:
+        same_chunk = (query_positions[:, None] // chunk) == (key_positions[None, :] // chunk)
+        allowed = same_chunk if allowed is None else allowed & same_chunk
     return allowed
+
+
+def temperature_scales(positions: torch.Tensor, floor: int, scale: float) -> torch.Tensor:
+    """Llama 4's attention-temperature factor per query position t, in float32:
+
+        1 + scale * log(1 + floor((t + 1) / floor))
+
+    a step function of t: 1 up to position floor - 2, then growing like log(t) (0.1 * log 2
+    more at t + 1 = floor with Llama 4's scale = 0.1, floor = 8192).
+
+    Shapes: positions (T,) -> (T,)
+    """
+    return torch.log1p(torch.floor((positions.float() + 1.0) / floor)) * scale + 1.0
 
 
 def attend(
@@ -166,11 +193,13 @@ def _sdpa_with_sink(
 
 
 class Attention(nn.Module):
-    """Multi-head attention covering MHA / GQA / MQA, RoPE, ALiBi, QK-norm, soft-cap, windows, sinks.
+    """Multi-head attention covering MHA / GQA / MQA, RoPE, ALiBi, QK-norm, soft-cap, windows,
+    chunks, temperature tuning, sinks.
 
     Parameters are named as in Llama's code: q_proj, k_proj, v_proj, o_proj (and q_norm,
-    k_norm with QK-norm; sinks with attention sinks). norm_convention is the QK-norms' RMSNorm
-    convention ("llama" or "gemma"); qk_norm_scope "head" or "projection" (see the module docstring).
+    k_norm with QK-norm; sinks with attention sinks; the weightless qk_l2_norm holds none).
+    norm_convention is the QK-norms' RMSNorm convention ("llama" or "gemma"); qk_norm_scope
+    "head" or "projection" (see the module docstring).
     """
 
     uses_context = True
@@ -192,10 +221,13 @@ class Attention(nn.Module):
         partial_rotary_factor: float = 1.0,
         max_seq_len: int = 2048,
         qk_norm: bool = False,
+        qk_l2_norm: bool = False,
         norm_eps: float = 1e-6,
         logit_softcap: float | None = None,
         scale: float | None = None,
         sliding_window: int | None = None,
+        chunk_size: int | None = None,
+        temperature_tuning: tuple[int, float] | None = None,
         dropout: float = 0.0,
         implementation: str = "sdpa",
         layer_index: int = 0,
@@ -213,7 +245,10 @@ class Attention(nn.Module):
             head_dim = embed_dim // num_heads
         check_choice("position", position, ("none", "rope", "alibi", "learned", "sinusoidal"))
         self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
+        if sliding_window is not None and chunk_size is not None:
+            raise ValueError(f"a layer slides (sliding_window={sliding_window}) or is chunked (chunk_size={chunk_size}), not both")
         self.causal, self.sliding_window, self.logit_softcap = causal, sliding_window, logit_softcap
+        self.chunk_size, self.temperature_tuning = chunk_size, temperature_tuning
         self.scale = head_dim**-0.5 if scale is None else scale
         self.dropout, self.layer_index = dropout, layer_index
         self.implementation = implementation  # validated by the property setter
@@ -229,6 +264,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(q_width, norm_eps, convention=norm_convention) if qk_norm else None
         self.k_norm = RMSNorm(k_width, norm_eps, convention=norm_convention) if qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None
+        self.qk_l2_norm = RMSNorm(head_dim, norm_eps, learnable=False) if qk_l2_norm else None
 
         self.rope_layout = rope_layout
         self.rotary = None
@@ -260,21 +296,29 @@ class Attention(nn.Module):
             cos, sin = self.rotary(positions, dtype=q.dtype)
             q = apply_rotary(q, cos, sin, self.rope_layout)
             k = apply_rotary(k, cos, sin, self.rope_layout)
+        if self.qk_l2_norm is not None:  # Llama 4 normalises after the rotation
+            q, k = self.qk_l2_norm(q), self.qk_l2_norm(k)
+        if self.temperature_tuning is not None:
+            scales = temperature_scales(positions, *self.temperature_tuning)  # (T,)
+            q = (q * scales[:, None]).to(q.dtype)
 
         key_positions = positions
         if cache is not None:
-            k, v, key_positions = cache.update(self.layer_index, k, v, positions, self.sliding_window)
+            k, v, key_positions = cache.update(
+                self.layer_index, k, v, positions, self.sliding_window, chunk=self.chunk_size
+            )
         groups = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, T_k, d)
 
-        allowed = attention_mask(positions, key_positions, self.causal, self.sliding_window)
+        allowed = attention_mask(positions, key_positions, self.causal, self.sliding_window, self.chunk_size)
         bias = None
         if self.alibi_slopes is not None:
             bias = alibi_bias(self.alibi_slopes, positions, key_positions).to(q.dtype)  # (H, T_q, T_k)
         out = attend(
             q, k, v, allowed, scale=self.scale, implementation=self.implementation, bias=bias,
             logit_softcap=self.logit_softcap, dropout=self.dropout if self.training else 0.0,
-            is_causal=cache is None and self.causal and self.sliding_window is None, sinks=self.sinks,
+            is_causal=cache is None and self.causal and self.sliding_window is None and self.chunk_size is None,
+            sinks=self.sinks,
         )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
         return self.o_proj(out)
@@ -283,6 +327,12 @@ class Attention(nn.Module):
         parts = [f"heads={self.num_heads}", f"kv_heads={self.num_kv_heads}", f"head_dim={self.head_dim}"]
         if self.sliding_window is not None:
             parts.append(f"sliding_window={self.sliding_window}")
+        if self.chunk_size is not None:
+            parts.append(f"chunk_size={self.chunk_size}")
+        if self.qk_l2_norm is not None:
+            parts.append("qk_l2_norm=True")
+        if self.temperature_tuning is not None:
+            parts.append(f"temperature_tuning={self.temperature_tuning}")
         if self.logit_softcap is not None:
             parts.append(f"logit_softcap={self.logit_softcap}")
         if self.sinks is not None:

@@ -7,7 +7,9 @@ them: each layer appends the new tokens' keys and values and attends over everyt
 Each layer also keeps the absolute position of every cached key, so the attention mask is
 built from positions rather than indices. That makes the sliding-window layers simple: they
 evict keys that have fallen out of the window (a rolling cache holding at most
-`sliding_window` entries), and the mask still knows where every remaining key sits.
+`sliding_window` entries), and the mask still knows where every remaining key sits. Chunked
+layers (Llama 4) keep only the keys of the current chunk: when the sequence crosses into a new
+chunk, everything before it is dropped at once.
 
 Multi-head latent attention (olm_edu.nn.mla) keeps less: per token, the compressed latent
 c_kv and the one rotated key shared by all heads, instead of every head's key and value
@@ -53,17 +55,22 @@ class KVCache:
         values: torch.Tensor,
         positions: torch.Tensor,
         window: int | None = None,
+        chunk: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Append this step's keys/values; return everything this step may attend to.
 
         With `window`, the returned tensors still include the keys the earliest new query
-        needs, but the cache keeps only the last `window` positions for later steps.
+        needs, but the cache keeps only the last `window` positions for later steps. With
+        `chunk`, it keeps only the positions of the chunk the last one is in (at most `chunk`).
         """
         if self.keys[layer] is not None:
             keys = torch.cat([self.keys[layer], keys], dim=2)
             values = torch.cat([self.values[layer], values], dim=2)
             positions = torch.cat([self.positions[layer], positions])
         keep = slice(-window, None) if window is not None else slice(None)
+        if chunk is not None:
+            chunk_start = int(positions[-1]) // chunk * chunk
+            keep = slice(int((positions < chunk_start).sum()), None)  # positions are increasing
         self.keys[layer], self.values[layer] = keys[:, :, keep], values[:, :, keep]
         self.positions[layer] = positions[keep]
         return keys, values, positions

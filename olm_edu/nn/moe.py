@@ -24,6 +24,10 @@ is num_shared_experts expert widths). The router scores the experts with one mat
                          w = softmax over those k logits, which is softmax(logits)_chosen
                          renormalised: the Mixtral router plus a bias
 
+    Llama 4              s = sigmoid(logits); choose the top 1; w = s_chosen, and w scales the
+                         token *before* the expert: y = shared(x) + expert_e(w * x)
+                         (weighting="input"; everyone else weighs the output, weighting="output")
+
 `Router` does all of these with options (scoring, renormalize, num_groups, groups_per_token,
 group_score, selection_bias, scaling_factor, bias). The router works in float32 (as DeepSeek's does;
 Mixtral and Qwen compute the logits in the activations' dtype, which differs only in bf16).
@@ -79,10 +83,11 @@ from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 
 __all__ = [
     "Routing", "Router", "Experts", "MoE", "load_balancing_loss", "router_z_loss", "clamped_swiglu",
-    "SCORINGS", "GROUP_SCORES", "MOE_IMPLEMENTATIONS",
+    "SCORINGS", "GROUP_SCORES", "WEIGHTINGS", "MOE_IMPLEMENTATIONS",
 ]  # fmt: skip
 
 SCORINGS = ("softmax", "sigmoid")
+WEIGHTINGS = ("output", "input")
 GROUP_SCORES = ("max", "top2_sum")
 MOE_IMPLEMENTATIONS = ("loop", "batched")
 
@@ -212,6 +217,8 @@ class Experts(nn.Module):
     gated=False: down_e(act(up_e x)), as `ClassicFFN`. bias=True adds per-expert biases
     gate_proj_bias, up_proj_bias (num_experts, hidden_dim) and down_proj_bias (num_experts,
     embed_dim) (gpt-oss); swiglu_limit replaces act(gate) * up by `clamped_swiglu`.
+    weighting="output" adds w * expert_e(x); "input" adds expert_e(w * x) (Llama 4). The two
+    differ because the expert is not linear: silu(w a) * (w b) != w * silu(a) * b.
 
     Shapes: x (N, embed_dim), experts and weights (N, k) -> (N, embed_dim)
     """
@@ -257,21 +264,31 @@ class Experts(nn.Module):
         return F.linear(self._hidden(gate, up), self.down_proj[index], self._bias(self.down_proj_bias, index))
 
     def forward(
-        self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, implementation: str = "loop"
+        self,
+        x: torch.Tensor,
+        experts: torch.Tensor,
+        weights: torch.Tensor,
+        implementation: str = "loop",
+        weighting: str = "output",
     ) -> torch.Tensor:
         check_choice("implementation", implementation, MOE_IMPLEMENTATIONS)
+        check_choice("weighting", weighting, WEIGHTINGS)
         if implementation == "loop":
-            return self._loop(x, experts, weights)
-        return self._batched(x, experts, weights)
+            return self._loop(x, experts, weights, weighting)
+        return self._batched(x, experts, weights, weighting)
 
-    def _loop(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, weighting: str) -> torch.Tensor:
         out = torch.zeros_like(x)
         for index in experts.unique().tolist():  # only the experts some token chose
             token, slot = torch.where(experts == index)  # which tokens, and which of their k choices
-            out.index_add_(0, token, self.expert(index, x[token]) * weights[token, slot, None])
+            weight = weights[token, slot, None]  # (n, 1)
+            if weighting == "input":
+                out.index_add_(0, token, self.expert(index, x[token] * weight))
+            else:
+                out.index_add_(0, token, self.expert(index, x[token]) * weight)
         return out
 
-    def _batched(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _batched(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, weighting: str) -> torch.Tensor:
         k = experts.shape[1]
         expert_of_pair = experts.flatten()  # (N k,): one (token, choice) pair per routed slot
         order = expert_of_pair.argsort(stable=True)  # pairs grouped by expert
@@ -281,13 +298,16 @@ class Experts(nn.Module):
         row = torch.arange(order.numel(), device=x.device) - first[sorted_expert]  # place inside the block
         token = order // k
         padded = x.new_zeros(self.num_experts, int(counts.max()), self.embed_dim)  # (E, C, d)
-        padded[sorted_expert, row] = x[token]
+        pair_weight = weights.flatten()[order, None]  # (N k, 1)
+        padded[sorted_expert, row] = x[token] * pair_weight if weighting == "input" else x[token]
         up = self._add_bias(padded @ self.up_proj.transpose(1, 2), self.up_proj_bias)  # (E, C, F)
         gate = None
         if self.gate_proj is not None:
             gate = self._add_bias(padded @ self.gate_proj.transpose(1, 2), self.gate_proj_bias)
         y = self._add_bias(self._hidden(gate, up) @ self.down_proj.transpose(1, 2), self.down_proj_bias)  # (E, C, d)
-        contribution = y[sorted_expert, row] * weights.flatten()[order, None]  # (N k, d)
+        contribution = y[sorted_expert, row]  # (N k, d)
+        if weighting == "output":
+            contribution = contribution * pair_weight
         return torch.zeros_like(x).index_add_(0, token, contribution)
 
     @staticmethod
@@ -335,6 +355,7 @@ class MoE(nn.Module):
         group_score: str = "max",
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
+        weighting: str = "output",
         implementation: str = "loop",
         router_bias: bool = False,
         expert_bias: bool = False,
@@ -342,6 +363,8 @@ class MoE(nn.Module):
         swiglu_alpha: float = 1.702,
     ):
         super().__init__()
+        check_choice("weighting", weighting, WEIGHTINGS)
+        self.weighting = weighting
         self.router = Router(
             embed_dim, num_experts, experts_per_token, scoring=scoring, renormalize=renormalize,
             num_groups=num_groups, groups_per_token=groups_per_token, group_score=group_score,
@@ -365,7 +388,7 @@ class MoE(nn.Module):
         self.last_routing = routing
         if self.training:
             self.tokens_per_expert += torch.bincount(routing.experts.flatten(), minlength=self.router.num_experts)
-        out = self.experts(flat, routing.experts, routing.weights.to(x.dtype), self.implementation)
+        out = self.experts(flat, routing.experts, routing.weights.to(x.dtype), self.implementation, self.weighting)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view_as(x)
@@ -401,7 +424,8 @@ class MoE(nn.Module):
         self.tokens_per_expert.zero_()
 
     def extra_repr(self) -> str:
-        return f"implementation={self.implementation!r}"
+        weighting = f", weighting={self.weighting!r}" if self.weighting != "output" else ""
+        return f"implementation={self.implementation!r}{weighting}"
 
 
 def load_balancing_loss(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:

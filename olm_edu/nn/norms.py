@@ -50,25 +50,33 @@ class RMSNorm(nn.Module):
     before the weight is applied; the weight starts at 1.
     convention="gemma": y = (x / rms(x) * (1 + weight)).to(x.dtype), cast at the end; the weight
     starts at 0.
+    learnable=False: no weight at all, y = (x / rms(x)).to(x.dtype) (Llama 4's QK-norm, which
+    transformers calls Llama4TextL2Norm: an L2 normalisation scaled by sqrt(dim)).
 
     Shapes: x (..., dim) -> (..., dim)
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6, convention: str = "llama"):
+    def __init__(self, dim: int, eps: float = 1e-6, convention: str = "llama", learnable: bool = True):
         super().__init__()
         check_choice("convention", convention, ("llama", "gemma"))
-        self.eps, self.convention = eps, convention
-        self.weight = nn.Parameter(torch.ones(dim) if convention == "llama" else torch.zeros(dim))
+        self.dim, self.eps, self.convention = dim, eps, convention
+        self.weight = None
+        if learnable:
+            self.weight = nn.Parameter(torch.ones(dim) if convention == "llama" else torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is None:
+            return normed.to(x.dtype)
         if self.convention == "llama":
             return self.weight * normed.to(x.dtype)
         return (normed * (1.0 + self.weight.float())).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, convention={self.convention!r}"
+        if self.weight is None:
+            return f"{self.dim}, eps={self.eps}, learnable=False"
+        return f"{self.dim}, eps={self.eps}, convention={self.convention!r}"
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:

@@ -66,7 +66,8 @@ scaling `factor`:
   0.1 ln(s) + 1 (sharpens the softmax, as temperature 1 / factor^2 on the scores).
 - "llama3": by wavelength lambda_i = 2 pi / f_i against the original length L0: short
   wavelengths (lambda < L0 / high_freq_factor) keep f_i, long ones (lambda > L0 / low_freq_factor)
-  get f_i / s, and the band in between is interpolated smoothly.
+  get f_i / s, and the band in between is interpolated smoothly (no band when the two factors
+  are equal, as in Llama 4 Scout).
 
 `rope_parameters` computes these exactly as transformers does (same float32 steps), so a
 model built here reproduces the Hugging Face logits.
@@ -279,9 +280,10 @@ def validate_rope_scaling(scaling: dict[str, Any] | None) -> str:
         raise ValueError(f"original_max_position_embeddings={original!r} must be a positive int")
     if rope_type == "llama3":
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        if not (_is_number(low) and _is_number(high) and high > low):
+        # equal factors (Llama 4 Scout) leave no band: every wavelength is kept or stretched
+        if not (_is_number(low) and _is_number(high) and high >= low):
             raise ValueError(
-                f"llama3 scaling needs numbers high_freq_factor > low_freq_factor, got "
+                f"llama3 scaling needs numbers high_freq_factor >= low_freq_factor, got "
                 f"high_freq_factor={high!r}, low_freq_factor={low!r}"
             )
     if rope_type == "yarn":

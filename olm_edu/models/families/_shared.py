@@ -15,6 +15,13 @@ from olm_edu.models import hf_config  # partly loaded while it imports the famil
 from olm_edu.models.config import ModelConfig
 
 
+# Llama 4's knobs (olm_edu.models.families.llama4_text), which no other Part III class can turn.
+LLAMA4_KNOBS_OFF: dict[str, Any] = {
+    "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False, "moe_layers": None,
+    "router_weighting": "output",
+}  # fmt: skip
+
+
 def check_fixed(cfg: ModelConfig, fixed: dict[str, Any]) -> None:
     """ValueError naming the first knob of `cfg` that differs from what its family's class needs."""
     for knob, needed in fixed.items():
