@@ -22,7 +22,8 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
-LAYER_TYPES = ("full_attention", "sliding_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
+LINEAR_ATTENTIONS = ("gated_deltanet", "kimi_delta")
 ATTENTIONS = ("standard", "mla")
 ROUTER_SCORINGS = ("softmax", "sigmoid")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
@@ -82,6 +83,17 @@ class ModelConfig:
         router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
         a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
         balance); routed_scaling_factor (multiplies the routed experts' weights).
+    Linear attention (Qwen3-Next, Qwen3.5, Kimi Linear; see olm_edu.nn.linear_attention)
+        layer_types entries "linear_attention" put the gated-delta-rule mixer in that layer's
+        attention slot. linear_attention: "gated_deltanet" (per-head decay, SiLU-gated norm) or
+        "kimi_delta" (per-channel decay, low-rank decay and gate projections, sigmoid-gated
+        norm). linear_num_key_heads, linear_num_value_heads (None: = key heads),
+        linear_key_head_dim, linear_value_head_dim (None: = key head dim), linear_conv_kernel.
+        attn_output_gate: the full-attention layers multiply their output by sigmoid(gate), a
+        gate per head and channel projected by a q_proj of twice the width (Qwen3-Next).
+        shared_expert_hidden_dim (None: num_shared_experts * expert width) and
+        shared_expert_gate (the shared expert's output scaled by sigmoid(w . x), Qwen3-Next);
+        dense_layers: layers whose feed-forward stays dense in an MoE model (mlp_only_layers).
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -151,6 +163,17 @@ class ModelConfig:
     routed_scaling_factor: float = 1.0
     # multi-token prediction
     mtp_layers: int = 0
+    # linear attention (hybrid models) and their full layers' and experts' extras
+    linear_attention: str = "gated_deltanet"
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel: int = 4
+    attn_output_gate: bool = False
+    shared_expert_hidden_dim: int | None = None
+    shared_expert_gate: bool = False
+    dense_layers: tuple[int, ...] = ()
     # embeddings and output
     tie_embeddings: bool = True
     scale_embeddings: bool = False
@@ -168,6 +191,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.layer_types is not None and not isinstance(self.layer_types, tuple):
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if not isinstance(self.dense_layers, tuple):
+            object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -204,7 +229,19 @@ class ModelConfig:
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` has routed experts (False for dense configs and the first
         first_dense_layers layers)."""
-        return self.num_experts > 0 and index >= self.first_dense_layers
+        return self.num_experts > 0 and index >= self.first_dense_layers and index not in self.dense_layers
+
+    @property
+    def has_linear_attention(self) -> bool:
+        """Whether some layer is a linear-attention (gated delta rule) layer."""
+        return self.layer_types is not None and "linear_attention" in self.layer_types
+
+    @property
+    def shared_expert_width(self) -> int:
+        """Hidden width of the always-on shared expert (0 without one)."""
+        if self.shared_expert_hidden_dim is not None:
+            return self.shared_expert_hidden_dim
+        return self.num_shared_experts * self.expert_width
 
     def layer_type(self, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index`."""
@@ -275,6 +312,7 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"dropout={cfg.dropout} must be in [0, 1)")
     _validate_mla(cfg)
     _validate_moe(cfg)
+    _validate_linear(cfg)
     _positive_or_zero("mtp_layers", cfg.mtp_layers)
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
@@ -317,9 +355,34 @@ def _validate_mla(cfg: ModelConfig) -> None:
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
 
 
+_LINEAR_KNOBS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
+
+
+def _validate_linear(cfg: ModelConfig) -> None:
+    check_choice("linear_attention", cfg.linear_attention, LINEAR_ATTENTIONS)
+    _positive("linear_conv_kernel", cfg.linear_conv_kernel)
+    if not cfg.has_linear_attention:
+        for name in _LINEAR_KNOBS:
+            if getattr(cfg, name) is not None:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} needs 'linear_attention' layers in layer_types")
+        return
+    for name in ("linear_num_key_heads", "linear_key_head_dim"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"layer_types has linear_attention layers but {name} is None")
+    for name in _LINEAR_KNOBS:
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    if (cfg.linear_num_value_heads or cfg.linear_num_key_heads) % cfg.linear_num_key_heads:
+        raise ValueError(
+            f"linear_num_value_heads={cfg.linear_num_value_heads} must be a multiple of "
+            f"linear_num_key_heads={cfg.linear_num_key_heads}"
+        )
+
+
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
+    "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": (),
 }  # fmt: skip
 
 
@@ -359,3 +422,10 @@ def _validate_moe(cfg: ModelConfig) -> None:
         raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
     if not cfg.routed_scaling_factor > 0:
         raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")
+    if cfg.shared_expert_hidden_dim is not None:
+        _positive("shared_expert_hidden_dim", cfg.shared_expert_hidden_dim)
+    if cfg.shared_expert_gate and cfg.shared_expert_width == 0:
+        raise ValueError("shared_expert_gate=True needs a shared expert (num_shared_experts or shared_expert_hidden_dim)")
+    for index in cfg.dense_layers:
+        if not isinstance(index, int) or not 0 <= index < cfg.num_layers:
+            raise ValueError(f"dense_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")

@@ -31,6 +31,10 @@ MOE_KNOBS = (
     "routed_scaling_factor", "load_balance_coef", "router_z_loss_coef", "router_bias_update_rate",
 )  # fmt: skip
 MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
+LINEAR_KNOBS = (
+    "linear_attention", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+    "linear_value_head_dim", "linear_conv_kernel",
+)  # fmt: skip
 MAX_CELL_WIDTH = 44  # longer values (a rope_scaling dict) wrap onto more lines in the text table
 
 
@@ -85,6 +89,8 @@ def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
     if knob in MOE_KNOBS and cfg.num_experts == 0:
         return "-"
     if knob in MLA_KNOBS and cfg.attention != "mla":
+        return "-"
+    if knob in LINEAR_KNOBS and not cfg.has_linear_attention:
         return "-"
     return format_value(value)
 

@@ -14,7 +14,11 @@ Knobs:
   (GQA; MQA when num_kv_heads = 1; MHA when equal). `repeat_kv` expands them for the maths.
 - position="rope" rotates queries and keys by their absolute positions (either layout);
   "alibi" adds a distance penalty to the scores; anything else leaves them alone.
-- qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3).
+- qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3);
+  qk_norm_convention picks its RMSNorm convention ("gemma": (1 + w), Qwen3-Next).
+- output_gate: out = attention(...) * sigmoid(gate) before o_proj, one gate per head and
+  channel; q_proj is twice as wide and holds, per head, the head's query then its gate
+  (Qwen3-Next, Qwen3.5).
 - implementation="explicit" computes the formula above line by line; "sdpa" calls
   `torch.nn.functional.scaled_dot_product_attention` (which can use fused kernels). They
   agree to float32 rounding. SDPA has no soft-cap, so a soft-capped layer always runs explicit.
@@ -141,6 +145,8 @@ class Attention(nn.Module):
         partial_rotary_factor: float = 1.0,
         max_seq_len: int = 2048,
         qk_norm: bool = False,
+        qk_norm_convention: str = "llama",
+        output_gate: bool = False,
         norm_eps: float = 1e-6,
         logit_softcap: float | None = None,
         scale: float | None = None,
@@ -164,12 +170,13 @@ class Attention(nn.Module):
         self.dropout, self.layer_index = dropout, layer_index
         self.implementation = implementation  # validated by the property setter
 
-        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
+        self.output_gate = output_gate
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim * (2 if output_gate else 1), bias=bias)
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
-        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        self.q_norm = RMSNorm(head_dim, norm_eps, qk_norm_convention) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, norm_eps, qk_norm_convention) if qk_norm else None
 
         self.rope_layout = rope_layout
         self.rotary = None
@@ -189,7 +196,12 @@ class Attention(nn.Module):
         positions = context.positions if context is not None else torch.arange(length, device=x.device)
         cache = context.cache if context is not None else None
 
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        gate = None
+        if self.output_gate:  # per head: [query (d), gate (d)]
+            q, gate = self.q_proj(x).view(batch, length, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            q, gate = q.transpose(1, 2), gate.reshape(batch, length, self.num_heads * self.head_dim)
+        else:
+            q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:  # QK-norm acts on each head's vectors, before the rotation
@@ -215,6 +227,8 @@ class Attention(nn.Module):
             is_causal=cache is None and self.causal and self.sliding_window is None,
         )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
         return self.o_proj(out)
 
     def extra_repr(self) -> str:
@@ -223,5 +237,7 @@ class Attention(nn.Module):
             parts.append(f"sliding_window={self.sliding_window}")
         if self.logit_softcap is not None:
             parts.append(f"logit_softcap={self.logit_softcap}")
+        if self.output_gate:
+            parts.append("output_gate=True")
         parts.append(f"implementation={self.implementation!r}")
         return ", ".join(parts)

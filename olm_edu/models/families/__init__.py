@@ -47,3 +47,4 @@ def text_model_type(wrapper: str) -> str | None:
 
 
 # One import per family module (each registers itself). Keep one per line, sorted.
+from olm_edu.models.families import qwen3_next  # noqa: E402,F401
