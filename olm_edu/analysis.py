@@ -8,6 +8,8 @@ F = hidden_dim::
                MLA (r_q = q_latent_dim, r = kv_latent_dim, h_R = rope_head_dim, h_v = value_head_size):
                q: d*r_q + r_q*H*(h + h_R) (or d*H*(h + h_R) without a query latent)
                kv: d*(r + h_R) + r*H*(h + h_v);  o: H*h_v*d;  biases on the down-projections and o
+               the lightning indexer of sparse attention (H_I = index_heads, h_I = index_head_dim):
+               r_q*H_I*h_I (queries) + d*h_I (key) + 2*h_I (its LayerNorm) + d*H_I (head weights)
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
                MoE layer (E experts of width F_e, k per token, S shared): router E*d, experts
                E*3*d*F_e, shared experts one glu of width S*F_e; a token uses the router, k
@@ -90,7 +92,16 @@ def _latent_attention_params(cfg: ModelConfig) -> int:
     down = cfg.kv_latent_dim + cfg.rope_head_dim
     kv = d * down + down * bias + cfg.kv_latent_dim * heads * (cfg.head_size + cfg.value_head_size)
     o = heads * cfg.value_head_size * d + d * cfg.attn_out_bias
-    return q + kv + o
+    return q + kv + o + _indexer_params(cfg)
+
+
+def _indexer_params(cfg: ModelConfig) -> int:
+    """The lightning indexer of one sparse-attention layer (0 without one): its query
+    up-projection, key projection and key LayerNorm (weight and bias), and head weights."""
+    if cfg.index_topk is None:
+        return 0
+    d, heads, width = cfg.embed_dim, cfg.index_heads, cfg.index_head_dim
+    return cfg.q_latent_dim * heads * width + d * width + 2 * width + d * heads
 
 
 def _attention_params(cfg: ModelConfig) -> int:
@@ -201,7 +212,8 @@ def kv_cache_bytes(
     Sum over layers of 2 (k and v) * kv_heads * head_size * tokens cached * batch_size, in
     `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens. Multi-head
     latent attention caches kv_latent_dim + rope_head_dim numbers per token and layer (the
-    latent and the shared rotated key), whatever the number of heads.
+    latent and the shared rotated key), whatever the number of heads; sparse attention adds the
+    indexer's key (index_head_dim), all in the same `dtype` (DeepSeek stores it in fp8).
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
@@ -211,9 +223,9 @@ def kv_cache_bytes(
 
 def cache_width(cfg: ModelConfig) -> int:
     """Numbers cached per token and layer: 2 * kv_heads * head_size, or kv_latent_dim +
-    rope_head_dim for MLA."""
+    rope_head_dim for MLA (+ index_head_dim, the indexer's key, with sparse attention)."""
     if cfg.attention == "mla":
-        return cfg.kv_latent_dim + cfg.rope_head_dim
+        return cfg.kv_latent_dim + cfg.rope_head_dim + (cfg.index_head_dim or 0)
     return 2 * cfg.kv_heads * cfg.head_size
 
 
@@ -230,6 +242,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     projections are its down- and up-projections (each token's latent expanded once), and the
     scores cost 2 * T * num_heads * (qk_head_size + value_head_size). An MoE layer counts
     the matrices a token uses: the router, its experts_per_token experts and the shared ones.
+    Sparse attention (index_topk): the attention reads min(T, index_topk) keys, and the indexer
+    scores all T of them: 2 * T * index_heads * index_head_dim (q.k) + 2 * T * index_heads (the
+    weighted sum of the heads' votes) per layer; its projections count with the attention's.
     Embedding lookups, biases, norms, softmax and activations are left out (all O(d), not
     O(d^2)). "forward" is the sum; "training" = 3 * forward (backward costs twice forward).
     """
@@ -243,9 +258,12 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
         attention_weights = 2 * d * q_width + 2 * d * kv_width
         score_width = 2 * q_width
     no_ffn_bias = cfg.replace(ffn_bias=False)
+    read = [_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers)]  # keys each layer scores
+    attended = read if cfg.index_topk is None else [min(tokens, cfg.index_topk) for tokens in read]
+    indexer = 0 if cfg.index_topk is None else sum(2 * t * cfg.index_heads * (cfg.index_head_dim + 1) for t in read)
     flops = {
         "attention": 2 * cfg.num_layers * attention_weights,
-        "attention_scores": sum(2 * _tokens_seen(cfg, layer, seq_len) * score_width for layer in range(cfg.num_layers)),
+        "attention_scores": sum(2 * tokens * score_width for tokens in attended) + indexer,
         "ffn": 2 * sum(_ffn_params(no_ffn_bias, index)[1] for index in range(cfg.num_layers)),
         "head": 2 * d * cfg.vocab_size,
     }

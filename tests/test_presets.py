@@ -45,6 +45,10 @@ PUBLISHED_TOTALS = {
     "Qwen3-30B-A3B": 30_532_122_624,
     "DeepSeek-V2-Lite": 15_706_484_224,
     "DeepSeek-V3": 671_026_404_352,
+    # V3 plus 61 lightning indexers of 13,959,424 (no hub figure for the main model alone: the hub's
+    # "685B" adds the MTP layer; this total is transformers' own meta-device count, see
+    # tests/test_parity_deepseek_sparse.py)
+    "DeepSeek-V3.2-Exp": 671_877_929_216,
 }
 
 # transformers config fields that do not change the architecture

@@ -93,6 +93,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            index_topk=cfg.index_topk,
+            index_heads=cfg.index_heads,
+            index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
     return Attention(
@@ -103,7 +106,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
         bias=cfg.qkv_bias,
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
-        position=cfg.position,
+        position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
         rope_theta=cfg.rope_theta,
         rope_scaling=cfg.rope_scaling,
         rope_layout=cfg.rope_layout,

@@ -55,6 +55,9 @@ class ModelConfig:
         rope_theta, rope_scaling (the transformers dict, e.g. {"rope_type": "llama3",
         "factor": 8.0, ...}, or None), rope_layout ("half": rotate_half as transformers;
         "interleaved": adjacent pairs as the RoPE paper), partial_rotary_factor.
+        nope_layers: indices of the layers whose attention has no positional encoding at all
+        ("NoPE": no rotation of queries and keys; Llama 4 every fourth layer, SmolLM3);
+        None: every layer rotates. Only with position="rope".
     Feed-forward
         ffn: "classic" (up, activation, down) or "glu" (down(act(gate x) * up x): SwiGLU with
         "silu", GeGLU with "gelu"/"gelu_tanh"). activation, ffn_bias.
@@ -71,6 +74,11 @@ class ModelConfig:
         rope_head_dim rotated ones (qk_rope_head_dim; the rotated key is one vector shared by
         all heads); values are value_head_dim wide (v_head_dim; None: head_dim). qkv_bias
         puts biases on the two down-projections (transformers' attention_bias).
+    Sparse attention (DeepSeek-V3.2; see olm_edu.nn.indexer)
+        index_topk: each query attends only to the index_topk keys a lightning indexer scores
+        highest (None: every key); the indexer has index_heads heads of index_head_dim, reads
+        its queries from the query latent (so it needs q_latent_dim) and caches one key of
+        index_head_dim per token. Only with attention="mla".
     Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
@@ -129,6 +137,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     rope_layout: str = "half"
     partial_rotary_factor: float = 1.0
+    nope_layers: tuple[int, ...] | None = None
     # feed-forward
     ffn: str = "classic"
     activation: str = "gelu_tanh"
@@ -148,6 +157,10 @@ class ModelConfig:
     kv_latent_dim: int | None = None
     rope_head_dim: int | None = None
     value_head_dim: int | None = None
+    # sparse attention: top-k keys per query, chosen by a lightning indexer
+    index_topk: int | None = None
+    index_heads: int | None = None
+    index_head_dim: int | None = None
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int | None = None
@@ -189,10 +202,12 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.layer_types is not None and not isinstance(self.layer_types, tuple):
-            object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        if not isinstance(self.dense_layers, tuple):
-            object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        for name in ("layer_types", "nope_layers", "dense_layers"):  # lists (from JSON) become tuples: hashable, comparable
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.nope_layers == ():  # no NoPE layer is spelled None, so equal configs compare equal
+            object.__setattr__(self, "nope_layers", None)
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -242,6 +257,10 @@ class ModelConfig:
         if self.shared_expert_hidden_dim is not None:
             return self.shared_expert_hidden_dim
         return self.num_shared_experts * self.expert_width
+
+    def uses_rope(self, index: int) -> bool:
+        """Whether layer `index` rotates its queries and keys (position="rope" and not a NoPE layer)."""
+        return self.position == "rope" and (self.nope_layers is None or index not in self.nope_layers)
 
     def layer_type(self, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index`."""
@@ -306,6 +325,7 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+    _validate_nope_layers(cfg)
     if cfg.rope_scaling is not None and cfg.position != "rope":
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -319,6 +339,18 @@ def validate(cfg: ModelConfig) -> None:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0 (0 switches it off)")
 
 
+def _validate_nope_layers(cfg: ModelConfig) -> None:
+    if cfg.nope_layers is None:
+        return
+    if cfg.position != "rope":
+        raise ValueError(f"nope_layers is set but position={cfg.position!r}; NoPE layers are layers left out of position='rope'")
+    for index in cfg.nope_layers:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
+            raise ValueError(f"nope_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
+    if list(cfg.nope_layers) != sorted(set(cfg.nope_layers)):
+        raise ValueError(f"nope_layers={cfg.nope_layers} must be sorted, without repeats")
+
+
 def _positive_or_zero(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name}={value!r} must be an int >= 0")
@@ -330,7 +362,7 @@ _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim"
 def _validate_mla(cfg: ModelConfig) -> None:
     check_choice("attention", cfg.attention, ATTENTIONS)
     if cfg.attention == "standard":
-        for name in _MLA_KNOBS:
+        for name in (*_MLA_KNOBS, "index_topk", "index_heads", "index_head_dim"):
             if getattr(cfg, name) is not None:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='standard'")
         return
@@ -350,9 +382,31 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
-    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar"):
+    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar", "nope_layers"):
         if getattr(cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
+    _validate_indexer(cfg)
+
+
+_INDEXER_KNOBS = ("index_topk", "index_heads", "index_head_dim")
+
+
+def _validate_indexer(cfg: ModelConfig) -> None:
+    """The lightning indexer's knobs: all set (sparse attention) or all None."""
+    set_knobs = [name for name in _INDEXER_KNOBS if getattr(cfg, name) is not None]
+    if not set_knobs:
+        return
+    if len(set_knobs) != len(_INDEXER_KNOBS):
+        missing = [name for name in _INDEXER_KNOBS if name not in set_knobs]
+        raise ValueError(f"sparse attention sets {', '.join(set_knobs)} but not {', '.join(missing)}: set all three or none")
+    for name in _INDEXER_KNOBS:
+        _positive(name, getattr(cfg, name))
+    if cfg.q_latent_dim is None:
+        raise ValueError("index_topk needs q_latent_dim: the indexer reads its queries from the query latent")
+    if cfg.index_head_dim < cfg.rope_head_dim:
+        raise ValueError(
+            f"index_head_dim={cfg.index_head_dim} must be >= rope_head_dim={cfg.rope_head_dim} (RoPE rotates that many)"
+        )
 
 
 _LINEAR_KNOBS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")

@@ -42,6 +42,7 @@ HUB_IDS = {
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
+    "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
 }
 
 

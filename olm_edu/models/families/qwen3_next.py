@@ -195,6 +195,7 @@ FIXED = {
     "scale_embeddings": False, "lm_head_bias": False, "attention": "standard", "mtp_layers": 0,
     "linear_attention": "gated_deltanet", "router_scoring": "softmax", "expert_groups": 1,
     "router_selection_bias": False, "routed_scaling_factor": 1.0, "num_shared_experts": 0, "first_dense_layers": 0,
+    "nope_layers": None, "index_topk": None,
 }  # fmt: skip
 
 
