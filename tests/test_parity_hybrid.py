@@ -22,7 +22,11 @@ rotary (0.5), the sigmoid output gate, zero-centred norms (QK-norm included), at
 GQA, several experts with top-k 3, renormalised top-k, the gated shared expert of another width,
 a dense layer (mlp_only_layers). Qwen3.5 (dense): a full first layer, the multimodal RoPE
 (mrope_section, interleaved) with partial rotary, tied embeddings. Qwen3.5-MoE: experts on every
-layer (always renormalised), the gated shared expert.
+layer (always renormalised), the gated shared expert. Kimi Linear: per-channel decay (KDA) with
+low-rank decay and gate projections, a convolution of 3, latent attention without RoPE and
+without a query latent, v_head_dim != qk_nope_head_dim, sigmoid routing with a non-zero
+selection bias, groups by top-2 sum, renormalisation, routed scaling, a shared expert, a dense
+first layer.
 """
 
 from __future__ import annotations
@@ -76,6 +80,16 @@ TINY_CONFIGS = {
         {k: v for k, v in _QWEN_HYBRID.items() if k not in ("rope_theta", "partial_rotary_factor", "intermediate_size")},
         model_type="qwen3_5_moe_text", num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
         shared_expert_intermediate_size=32, rope_parameters=_MROPE,
+    ),
+    "kimi_linear": dict(
+        model_type="kimi_linear", vocab_size=103, hidden_size=48, intermediate_size=72, moe_intermediate_size=24,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=20, q_lora_rank=None,
+        qk_nope_head_dim=12, qk_rope_head_dim=6, v_head_dim=10, rms_norm_eps=1e-5, num_experts=8,
+        num_experts_per_token=3, num_shared_experts=1, moe_renormalize=True, num_expert_group=4, topk_group=2,
+        routed_scaling_factor=2.0, first_k_dense_replace=1, tie_word_embeddings=False,
+        linear_attn_config={"full_attn_layers": [2, 4], "kda_layers": [1, 3], "num_heads": 3, "head_dim": 8,
+                            "short_conv_kernel_size": 3},
+        pad_token_id=None, bos_token_id=None, eos_token_id=None,
     ),
 }
 VARIANTS = list(TINY_CONFIGS)
@@ -239,3 +253,18 @@ def test_special_features_bite():
     assert cfg.partial_rotary_factor == 0.5 and cfg.attn_output_gate and cfg.qk_norm
     assert cfg.dense_layers == (2,) and cfg.experts_per_token < cfg.num_experts
     assert cfg.shared_expert_gate and cfg.shared_expert_hidden_dim != cfg.expert_hidden_dim
+
+
+def test_kimi_features_bite():
+    cfg = from_hf_config(TINY_CONFIGS["kimi_linear"])
+    assert cfg.layer_types == ("linear_attention", "full_attention", "linear_attention", "full_attention")
+    assert cfg.attention == "mla" and cfg.position == "none" and cfg.q_latent_dim is None
+    assert cfg.value_head_size != cfg.head_size and cfg.linear_attention == "kimi_delta" and cfg.linear_conv_kernel == 3
+    assert cfg.router_selection_bias and cfg.expert_groups == 4 and cfg.groups_per_token == 2
+    assert cfg.first_dense_layers == 1 and cfg.num_shared_experts == 1 and cfg.routed_scaling_factor == 2.0
+    _, ours = loaded("kimi_linear")
+    mixer = ours.layers[0].attn.attention
+    assert mixer.decay == "per_channel" and mixer.dt_bias.shape == (3 * 8,) and mixer.A_log.shape == (3,)
+    assert ours.layers[1].attn.attention.rotary is None  # the latent attention is not rotated
+    router = ours.layers[1].ffn.mlp.router
+    assert router.selection_bias.abs().min() > 0  # the randomised buffer arrived

@@ -93,6 +93,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            position="rope" if cfg.uses_rope(index) else "none",
             index_topk=cfg.index_topk,
             index_heads=cfg.index_heads,
             index_head_dim=cfg.index_head_dim,

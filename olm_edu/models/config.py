@@ -376,9 +376,12 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(
             f"attention='mla' gives every head its own keys and values: num_kv_heads={cfg.num_kv_heads} must be None"
         )
-    if cfg.position != "rope":
-        raise ValueError(f"attention='mla' needs position='rope' (its decoupled key is rotated), got position={cfg.position!r}")
-    if cfg.rope_head_dim % 2:
+    if cfg.position not in ("rope", "none"):
+        raise ValueError(
+            f"attention='mla' needs position='rope' (its decoupled key is rotated) or 'none' (Kimi Linear: not "
+            f"rotated), got position={cfg.position!r}"
+        )
+    if cfg.position == "rope" and cfg.rope_head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
