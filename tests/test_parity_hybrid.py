@@ -32,6 +32,7 @@ first layer.
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 
 import pytest
@@ -39,10 +40,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from olm_edu.analysis import count_params, kv_cache_bytes, state_bytes  # noqa: E402
 from olm_edu.generate import generate  # noqa: E402
 from olm_edu.hf import from_pretrained, save_pretrained, to_hf_state_dict  # noqa: E402
 from olm_edu.models.build import set_linear_attention_implementation, set_moe_implementation  # noqa: E402
 from olm_edu.models.hf_config import from_hf_config, to_hf_config  # noqa: E402
+from olm_edu.models.presets import CONFIG_DIR, preset  # noqa: E402
 from olm_edu.nn.blocks import Context  # noqa: E402
 from olm_edu.nn.linear_attention import LinearAttention  # noqa: E402
 from tests.test_parity import TOLERANCE, perturb_, random_ids  # noqa: E402
@@ -268,3 +271,60 @@ def test_kimi_features_bite():
     assert ours.layers[1].attn.attention.rotary is None  # the latent attention is not rotated
     router = ours.layers[1].ffn.mlp.router
     assert router.selection_bias.abs().min() > 0  # the randomised buffer arrived
+
+
+# -- counts and state sizes -----------------------------------------------------------------------
+
+HYBRID_PRESETS = ["Qwen3-Next-80B-A3B-Instruct", "Qwen3.5-9B", "Qwen3.5-35B-A3B", "Kimi-Linear-48B-A3B-Instruct"]
+
+
+def _unused_expert_params(model: torch.nn.Module, top_k: int) -> int:
+    """What one token does not touch in transformers' model: the routed experts it does not choose."""
+    unused = 0
+    for name, module in model.named_modules():
+        if name.endswith("mlp.experts"):
+            per_expert = sum(p.numel() for p in module.parameters()) // module.num_experts
+            unused += (module.num_experts - top_k) * per_expert
+    return unused
+
+
+def test_count_params_matches_transformers_on_the_tiny_models(pair):
+    variant, reference, ours = pair
+    counted = count_params(ours.config)
+    assert counted.total == sum(p.numel() for p in reference.parameters()) == ours.num_parameters()
+    top_k = ours.config.experts_per_token or 0
+    assert counted.active == counted.total - _unused_expert_params(reference, top_k)
+
+
+@pytest.mark.parametrize("name", HYBRID_PRESETS)
+def test_count_params_of_the_published_hybrids_matches_transformers_on_meta(name):
+    cfg = preset(name)
+    data = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    config = transformers.AutoConfig.for_model(**data.get("text_config", data))
+    with torch.device("meta"):
+        reference = transformers.AutoModelForCausalLM.from_config(config)
+    counted = count_params(cfg)
+    assert counted.total == sum(p.numel() for p in reference.parameters())
+    assert counted.active == counted.total - _unused_expert_params(reference, cfg.experts_per_token or 0)
+
+
+def test_state_bytes_is_what_the_cache_holds_and_only_full_layers_grow(pair):
+    variant, reference, ours = pair
+    cfg = ours.config
+    ids = random_ids(cfg.vocab_size, length=9, seed=7)
+    with torch.no_grad():
+        cache = ours.new_cache()
+        ours(ids, cache=cache)
+    measured = cache.nbytes()  # the tensors it holds (float32 model: keys, latents, states)
+    assert measured == state_bytes(cfg, 9, dtype=torch.float32, batch_size=2)
+    linear = state_bytes(cfg, 1, batch_size=1) - kv_cache_bytes(cfg, 1)
+    assert linear > 0 and linear == state_bytes(cfg, 1000) - kv_cache_bytes(cfg, 1000)  # a constant
+    assert state_bytes(cfg, 2000) - state_bytes(cfg, 1000) == kv_cache_bytes(cfg, 1000)  # full layers grow
+
+
+def test_hybrid_state_is_far_smaller_than_a_full_attention_cache_at_long_context():
+    cfg = preset("Qwen3-Next-80B-A3B-Instruct")
+    all_full = cfg.replace(layer_types=None, linear_num_key_heads=None, linear_num_value_heads=None,
+                           linear_key_head_dim=None, linear_value_head_dim=None)  # fmt: skip
+    ratio = state_bytes(all_full, 262_144) / state_bytes(cfg, 262_144)
+    assert 3.5 < ratio < 4  # 12 of 48 layers keep keys and values; the 36 linear ones a few MB

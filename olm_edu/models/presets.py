@@ -43,6 +43,13 @@ HUB_IDS = {
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
     "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
+    # hybrid linear/full attention (written from the published configs as remembered, not downloaded:
+    # see each file's notes in the h17 report; the Qwen3.5 ones are the transformers 5.25 config
+    # classes' defaults, which their docstrings name as those releases)
+    "Qwen3-Next-80B-A3B-Instruct": "Qwen/Qwen3-Next-80B-A3B-Instruct",
+    "Qwen3.5-9B": "Qwen/Qwen3.5-9B",
+    "Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
+    "Kimi-Linear-48B-A3B-Instruct": "moonshotai/Kimi-Linear-48B-A3B-Instruct",
 }
 
 
