@@ -17,13 +17,16 @@ F = hidden_dim::
                output gate d*H_v*h_v (or d*h_v + h_v*H_v*h_v, low rank), A_log H_v, dt_bias H_v
                (or H_v*h_k), its gated norm h_v, o H_v*h_v*d
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
-               MoE layer (E experts of width F_e, k per token, S shared): router E*d, experts
-               E*3*d*F_e, shared experts one glu of width S*F_e; a token uses the router, k
-               experts and the shared ones (shared_expert_hidden_dim wide when set, plus d for
-               its sigmoid gate)
-    norms      2 per layer ("pre", "post") or 4 ("sandwich"), each d (+ d bias for layernorm);
-               qk_norm adds 2*h and MLA its latent norms r_q + r on the attention layers (not on
-               linear-attention layers); "pre" and "sandwich" add one final norm
+               MoE layer (E experts of width F_e, k per token, S shared): router E*d (+ E with
+               router_bias), experts E*3*d*F_e (+ E*(2*F_e + d) with expert_bias), shared experts
+               one glu of width S*F_e (shared_expert_hidden_dim when set, plus d for its sigmoid
+               gate); a token uses the router, k experts and the shared ones
+               attention sinks add H per layer (one logit per head)
+    norms      2 per layer ("pre", "post", "post_sublayer") or 4 ("sandwich"), each d (+ d bias
+               for layernorm); qk_norm adds 2*h per head-wise norm, or (H + K)*h over the
+               projections (qk_norm_scope="projection"); MLA adds its latent norms r_q + r (these
+               two on the attention layers only, not on linear-attention layers); every placement
+               but "post" adds one final norm
 
 plus the token table (vocab * d), a learned position table (max_seq_len * d), and an output head
 (vocab * d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
@@ -119,7 +122,7 @@ def _attention_params(cfg: ModelConfig) -> int:
     q_out = q_width * (2 if cfg.attn_output_gate else 1)  # a gated output: q_proj holds a gate per channel
     weights = d * q_out + 2 * d * kv_width + q_width * d
     biases = (q_out + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
-    return weights + biases
+    return weights + biases + cfg.num_heads * cfg.attention_sinks
 
 
 def _linear_widths(cfg: ModelConfig) -> tuple[int, int, int, int]:
@@ -163,8 +166,8 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
     if not cfg.is_moe_layer(index):
         dense = _dense_ffn_params(cfg, cfg.hidden_dim, cfg.ffn_bias)
         return dense, dense
-    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=False)
-    always = cfg.num_experts * cfg.embed_dim  # the router
+    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=cfg.expert_bias)
+    always = cfg.num_experts * (cfg.embed_dim + cfg.router_bias)  # the router
     if cfg.shared_expert_width:
         always += _dense_ffn_params(cfg, cfg.shared_expert_width, cfg.ffn_bias)
     if cfg.shared_expert_gate:
@@ -175,8 +178,10 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
 def _norm_params(cfg: ModelConfig) -> int:
     """All normalisation weights: per layer, the final norm, and qk_norm's per-head norms."""
     one_norm = cfg.embed_dim * (2 if cfg.norm_bias else 1)
-    per_layer = {"pre": 2, "post": 2, "sandwich": 4}[cfg.norm_placement] * one_norm
-    in_attention = 2 * cfg.head_size if cfg.qk_norm else 0
+    per_layer = {"pre": 2, "post": 2, "sandwich": 4, "post_sublayer": 2}[cfg.norm_placement] * one_norm
+    in_attention = 0
+    if cfg.qk_norm:
+        in_attention += 2 * cfg.head_size if cfg.qk_norm_scope == "head" else (cfg.num_heads + cfg.kv_heads) * cfg.head_size
     in_attention += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
     attention_layers = sum(cfg.layer_type(i) != "linear_attention" for i in range(cfg.num_layers))
     # "post" (the 2017 layout) ends every block with a norm, so it has no final norm
@@ -346,3 +351,45 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     flops["forward"] = sum(flops.values())
     flops["training"] = 3 * flops["forward"]
     return flops
+
+
+# ---------------------------------------------------------------------------
+# Training memory per rank (lesson 25)
+# ---------------------------------------------------------------------------
+
+SHARDING = ("ddp", "zero1", "zero2", "fsdp")
+
+
+def training_bytes_per_rank(
+    cfg: ModelConfig,
+    world_size: int,
+    sharding: str = "fsdp",
+    *,
+    param_bytes: int = 2,
+    grad_bytes: int = 2,
+    optimizer_bytes: int = 12,
+) -> dict[str, int]:
+    """Bytes each of `world_size` ranks holds for the model's training state (activations excluded).
+
+    Mixed-precision AdamW (the ZeRO paper's accounting): bf16 parameters (2 bytes each) and
+    gradients (2), and an fp32 master copy plus Adam's two moments (4 + 4 + 4 = 12): 16 bytes
+    per parameter N in all. What each `sharding` splits over the ranks:
+        ddp    nothing: every rank holds everything, 16 N
+        zero1  the optimiser state:                  (2 + 2) N + 12 N / world_size
+        zero2  optimiser state and gradients:        2 N + (2 + 12) N / world_size
+        fsdp   (ZeRO-3) parameters too:               16 N / world_size
+    A shard holds ceil(N / world_size) elements. Returns {"parameters", "gradients",
+    "optimizer", "total"} in bytes per rank.
+    """
+    from olm_edu.choices import check_choice
+
+    check_choice("sharding", sharding, SHARDING)
+    _check_positive("world_size", world_size)
+    total = count_params(cfg).total
+    shard = -(-total // world_size)
+    split = {"ddp": (), "zero1": ("optimizer",), "zero2": ("optimizer", "gradients"),
+             "fsdp": ("optimizer", "gradients", "parameters")}[sharding]
+    sizes = {"parameters": param_bytes, "gradients": grad_bytes, "optimizer": optimizer_bytes}
+    per_rank = {part: (shard if part in split else total) * size for part, size in sizes.items()}
+    per_rank["total"] = sum(per_rank.values())
+    return per_rank

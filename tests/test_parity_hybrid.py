@@ -328,3 +328,17 @@ def test_hybrid_state_is_far_smaller_than_a_full_attention_cache_at_long_context
                            linear_key_head_dim=None, linear_value_head_dim=None)  # fmt: skip
     ratio = state_bytes(all_full, 262_144) / state_bytes(cfg, 262_144)
     assert 3.5 < ratio < 4  # 12 of 48 layers keep keys and values; the 36 linear ones a few MB
+
+
+def test_families_without_linear_attention_refuse_the_hybrid_knobs():
+    cfg = from_hf_config(TINY_CONFIGS["qwen3_next"])
+    with pytest.raises(ValueError, match="layer_types"):
+        to_hf_config(cfg.replace(family="qwen3_moe", qk_norm=True, norm="rmsnorm", partial_rotary_factor=1.0,
+                                 attn_output_gate=False, shared_expert_gate=False, shared_expert_hidden_dim=None,
+                                 dense_layers=()))  # fmt: skip
+    with pytest.raises(ValueError, match="family='kimi_linear' cannot express"):
+        to_hf_config(from_hf_config(TINY_CONFIGS["qwen3_5_text"]).replace(family="kimi_linear"))
+    with pytest.raises(ValueError, match="linear_attention"):
+        to_hf_config(cfg.replace(family="qwen3_5_text", linear_attention="kimi_delta", num_experts=0,
+                                 experts_per_token=None, expert_hidden_dim=None, shared_expert_hidden_dim=None,
+                                 shared_expert_gate=False, dense_layers=(), router_renormalize=False))  # fmt: skip

@@ -9,7 +9,9 @@
       norm         the final norm
       head         logits, tied to `embed` or not, optionally soft-capped
 
-(post-norm puts the norm after each residual add instead, and has no final norm.)
+(post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
+(OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
+its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
 `attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), `LinearAttention` (the
 gated delta rule) on the layers whose layer type is "linear_attention" (Qwen3-Next, Kimi
 Linear), and `mlp` is an `MoE`
@@ -99,6 +101,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
             index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
+    rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
     return Attention(
         cfg.embed_dim,
         cfg.num_heads,
@@ -108,13 +111,12 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
         position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
-        rope_theta=cfg.rope_theta,
-        rope_scaling=cfg.rope_scaling,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         rope_layout=cfg.rope_layout,
         partial_rotary_factor=cfg.partial_rotary_factor,
         max_seq_len=cfg.max_seq_len,
         qk_norm=cfg.qk_norm,
-        qk_norm_convention="gemma" if cfg.norm == "rmsnorm_gemma" else "llama",
         output_gate=cfg.attn_output_gate,
         norm_eps=cfg.norm_eps,
         logit_softcap=cfg.attn_logit_softcap,
@@ -122,6 +124,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Li
         sliding_window=cfg.sliding_window if sliding else None,
         dropout=cfg.dropout,
         layer_index=index,
+        qk_norm_scope=cfg.qk_norm_scope,
+        norm_convention="gemma" if cfg.norm == "rmsnorm_gemma" else "llama",
+        sinks=cfg.attention_sinks,
     )
 
 
@@ -143,6 +148,10 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             group_score=cfg.router_group_score,
             selection_bias=cfg.router_selection_bias,
             scaling_factor=cfg.routed_scaling_factor,
+            router_bias=cfg.router_bias,
+            expert_bias=cfg.expert_bias,
+            swiglu_limit=cfg.swiglu_limit,
+            swiglu_alpha=cfg.swiglu_alpha,
             shared_hidden_dim=cfg.shared_expert_hidden_dim,
             shared_gate=cfg.shared_expert_gate,
         )
@@ -159,6 +168,11 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
             attn_norm=_norm(cfg),
             ffn=Residual(mlp=_ffn(cfg, index), dropout=dropout()),
             ffn_norm=_norm(cfg),
+        )
+    if cfg.norm_placement == "post_sublayer":  # OLMo 2/3: x + norm(sublayer(x))
+        return Block(
+            attn=Residual(attention=_attention(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
+            ffn=Residual(mlp=_ffn(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
         )
     sandwich = cfg.norm_placement == "sandwich"
     return Block(

@@ -664,10 +664,16 @@ def _cannot(cfg: ModelConfig, knob: str, why: str) -> ValueError:
     return ValueError(f"family={cfg.family!r} cannot express {knob}={getattr(cfg, knob)!r}: {why}")
 
 
+# The hybrid models' knobs (olm_edu.models.families.qwen3_next, kimi_linear): no Part I-II family has them.
+_NO_HYBRID = {"attn_output_gate": False, "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": ()}
+
+
 def _check_expressible(cfg: ModelConfig) -> None:
-    for knob, needed in FIXED_KNOBS[cfg.family].items():
+    for knob, needed in {**FIXED_KNOBS[cfg.family], **_NO_HYBRID}.items():
         if getattr(cfg, knob) != needed:
             raise _cannot(cfg, knob, f"its transformers class needs {needed!r}")
+    if cfg.has_linear_attention:
+        raise _cannot(cfg, "layer_types", "its transformers class has no linear-attention layers")
     if cfg.family in ("llama", "qwen3", "gemma2", "qwen3_moe", *DEEPSEEK_FAMILIES) and cfg.qkv_bias != cfg.attn_out_bias:
         raise _cannot(cfg, "attn_out_bias", "one attention_bias switches q, k, v and o together")
     if cfg.family != "gemma2" and cfg.query_pre_attn_scalar not in (None, cfg.head_size):

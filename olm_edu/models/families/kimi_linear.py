@@ -196,7 +196,8 @@ FIXED = {
     "sliding_window": None, "causal": True, "scale_embeddings": False, "lm_head_bias": False, "attention": "mla",
     "mtp_layers": 0, "linear_attention": "kimi_delta", "linear_num_value_heads": None,
     "linear_value_head_dim": None, "shared_expert_hidden_dim": None, "shared_expert_gate": False,
-    "nope_layers": None, "index_topk": None,
+    "nope_layers": None, "index_topk": None, "qk_norm_scope": "head", "attention_sinks": False,
+    "rope_theta_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 
 

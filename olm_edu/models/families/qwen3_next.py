@@ -195,7 +195,8 @@ FIXED = {
     "scale_embeddings": False, "lm_head_bias": False, "attention": "standard", "mtp_layers": 0,
     "linear_attention": "gated_deltanet", "router_scoring": "softmax", "expert_groups": 1,
     "router_selection_bias": False, "routed_scaling_factor": 1.0, "num_shared_experts": 0, "first_dense_layers": 0,
-    "nope_layers": None, "index_topk": None,
+    "nope_layers": None, "index_topk": None, "qk_norm_scope": "head", "attention_sinks": False,
+    "rope_theta_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 
 
