@@ -10,15 +10,23 @@ F = hidden_dim::
                kv: d*(r + h_R) + r*H*(h + h_v);  o: H*h_v*d;  biases on the down-projections and o
                the lightning indexer of sparse attention (H_I = index_heads, h_I = index_head_dim):
                r_q*H_I*h_I (queries) + d*h_I (key) + 2*h_I (its LayerNorm) + d*H_I (head weights)
+               a gated output (attn_output_gate) doubles q (and its bias)
+               linear attention (Gated DeltaNet / KDA; H_k key heads of h_k, H_v value heads of
+               h_v, kernel K): q, k d*H_k*h_k each, v d*H_v*h_v, conv (2*H_k*h_k + H_v*h_v)*K,
+               beta d*H_v, decay d*H_v (per head) or d*h_k + h_k*H_v*h_k (per channel, low rank),
+               output gate d*H_v*h_v (or d*h_v + h_v*H_v*h_v, low rank), A_log H_v, dt_bias H_v
+               (or H_v*h_k), its gated norm h_v, o H_v*h_v*d
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
                MoE layer (E experts of width F_e, k per token, S shared): router E*d (+ E with
                router_bias), experts E*3*d*F_e (+ E*(2*F_e + d) with expert_bias), shared experts
-               one glu of width S*F_e; a token uses the router, k experts and the shared ones
+               one glu of width S*F_e (shared_expert_hidden_dim when set, plus d for its sigmoid
+               gate); a token uses the router, k experts and the shared ones
                attention sinks add H per layer (one logit per head)
     norms      2 per layer ("pre", "post", "post_sublayer") or 4 ("sandwich"), each d (+ d bias
                for layernorm); qk_norm adds 2*h per head-wise norm, or (H + K)*h over the
-               projections (qk_norm_scope="projection"); MLA adds its latent norms r_q + r;
-               every placement but "post" adds one final norm
+               projections (qk_norm_scope="projection"); MLA adds its latent norms r_q + r (these
+               two on the attention layers only, not on linear-attention layers); every placement
+               but "post" adds one final norm
 
 plus the token table (vocab * d), a learned position table (max_seq_len * d), and an output head
 (vocab * d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
@@ -111,9 +119,38 @@ def _attention_params(cfg: ModelConfig) -> int:
     if cfg.attention == "mla":
         return _latent_attention_params(cfg)
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
-    weights = d * q_width + 2 * d * kv_width + q_width * d
-    biases = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
+    q_out = q_width * (2 if cfg.attn_output_gate else 1)  # a gated output: q_proj holds a gate per channel
+    weights = d * q_out + 2 * d * kv_width + q_width * d
+    biases = (q_out + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
     return weights + biases + cfg.num_heads * cfg.attention_sinks
+
+
+def _linear_widths(cfg: ModelConfig) -> tuple[int, int, int, int]:
+    """(key heads, value heads, key head dim, value head dim) of the linear-attention layers."""
+    key_heads, key_dim = cfg.linear_num_key_heads, cfg.linear_key_head_dim
+    return key_heads, cfg.linear_num_value_heads or key_heads, key_dim, cfg.linear_value_head_dim or key_dim
+
+
+def _linear_attention_params(cfg: ModelConfig) -> int:
+    """One linear-attention layer (olm_edu.nn.linear_attention), its gated norm included."""
+    key_heads, value_heads, key_dim, value_dim = _linear_widths(cfg)
+    d, key_width, value_width = cfg.embed_dim, key_heads * key_dim, value_heads * value_dim
+    per_channel = cfg.linear_attention == "kimi_delta"  # per-channel decay, low-rank decay and gate projections
+    decay_width = value_heads * (key_dim if per_channel else 1)
+    projections = 2 * d * key_width + d * value_width + d * value_heads + value_width * d  # q, k, v, beta, o
+    conv = (2 * key_width + value_width) * cfg.linear_conv_kernel
+    if per_channel:
+        gates = d * key_dim + key_dim * decay_width + d * value_dim + value_dim * value_width
+    else:
+        gates = d * decay_width + d * value_width
+    return projections + conv + gates + value_heads + decay_width + value_dim  # + A_log, dt_bias, norm
+
+
+def _mixer_params(cfg: ModelConfig, index: int) -> int:
+    """Layer `index`'s token mixer: softmax attention (standard or latent) or linear attention."""
+    if cfg.layer_type(index) == "linear_attention":
+        return _linear_attention_params(cfg)
+    return _attention_params(cfg)
 
 
 def _dense_ffn_params(cfg: ModelConfig, hidden: int, bias: bool) -> int:
@@ -131,8 +168,10 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
         return dense, dense
     expert = _dense_ffn_params(cfg, cfg.expert_width, bias=cfg.expert_bias)
     always = cfg.num_experts * (cfg.embed_dim + cfg.router_bias)  # the router
-    if cfg.num_shared_experts:
-        always += _dense_ffn_params(cfg, cfg.num_shared_experts * cfg.expert_width, cfg.ffn_bias)
+    if cfg.shared_expert_width:
+        always += _dense_ffn_params(cfg, cfg.shared_expert_width, cfg.ffn_bias)
+    if cfg.shared_expert_gate:
+        always += cfg.embed_dim
     return always + cfg.num_experts * expert, always + cfg.experts_per_token * expert
 
 
@@ -140,12 +179,14 @@ def _norm_params(cfg: ModelConfig) -> int:
     """All normalisation weights: per layer, the final norm, and qk_norm's per-head norms."""
     one_norm = cfg.embed_dim * (2 if cfg.norm_bias else 1)
     per_layer = {"pre": 2, "post": 2, "sandwich": 4, "post_sublayer": 2}[cfg.norm_placement] * one_norm
+    in_attention = 0
     if cfg.qk_norm:
-        per_layer += 2 * cfg.head_size if cfg.qk_norm_scope == "head" else (cfg.num_heads + cfg.kv_heads) * cfg.head_size
-    per_layer += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
+        in_attention += 2 * cfg.head_size if cfg.qk_norm_scope == "head" else (cfg.num_heads + cfg.kv_heads) * cfg.head_size
+    in_attention += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
+    attention_layers = sum(cfg.layer_type(i) != "linear_attention" for i in range(cfg.num_layers))
     # "post" (the 2017 layout) ends every block with a norm, so it has no final norm
     final = 0 if cfg.norm_placement == "post" else one_norm
-    return cfg.num_layers * per_layer + final
+    return cfg.num_layers * per_layer + attention_layers * in_attention + final
 
 
 def count_params(cfg: ModelConfig) -> ParamCount:
@@ -154,7 +195,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     parts = {
         "embeddings": cfg.vocab_size * cfg.embed_dim,
         "positions": cfg.max_seq_len * cfg.embed_dim if cfg.position == "learned" else 0,
-        "attention": cfg.num_layers * _attention_params(cfg),
+        "attention": sum(_mixer_params(cfg, index) for index in range(cfg.num_layers)),
         "ffn": sum(total for total, _ in ffn),
         "norms": _norm_params(cfg),
         "head": (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim) + cfg.vocab_size * cfg.lm_head_bias,
@@ -202,7 +243,10 @@ def _check_positive(name: str, value: int) -> None:
 
 def _tokens_seen(cfg: ModelConfig, layer: int, seq_len: int) -> int:
     """Keys a query at position seq_len - 1 attends to in `layer`: a window caps sliding layers;
-    a chunked layer sees the start of its chunk up to itself ((seq_len - 1) mod chunk + 1)."""
+    a chunked layer sees the start of its chunk up to itself ((seq_len - 1) mod chunk + 1); a
+    linear-attention layer keeps none (its state has a fixed size, see `state_bytes`)."""
+    if cfg.layer_type(layer) == "linear_attention":
+        return 0
     if cfg.layer_type(layer) == "sliding_attention":
         return min(seq_len, cfg.sliding_window)
     if cfg.layer_type(layer) == "chunked_attention":
@@ -226,6 +270,31 @@ def kv_cache_bytes(
     _check_positive("batch_size", batch_size)
     tokens = sum(_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers))
     return _bytes(cache_width(cfg) * tokens * batch_size, dtype)
+
+
+def linear_state_numel(cfg: ModelConfig) -> int:
+    """Numbers one sequence's cache holds for all linear-attention layers, whatever the context:
+    per layer the convolution's last kernel - 1 inputs ((2 H_k h_k + H_v h_v) (K - 1)) and the
+    recurrent state (H_v h_k h_v). 0 for a model without linear attention."""
+    layers = sum(cfg.layer_type(i) == "linear_attention" for i in range(cfg.num_layers))
+    if not layers:
+        return 0
+    key_heads, value_heads, key_dim, value_dim = _linear_widths(cfg)
+    conv = (2 * key_heads * key_dim + value_heads * value_dim) * (cfg.linear_conv_kernel - 1)
+    return layers * (conv + value_heads * key_dim * value_dim)
+
+
+def state_bytes(
+    cfg: ModelConfig, seq_len: int, dtype: torch.dtype | str = torch.bfloat16, batch_size: int = 1,
+    state_dtype: torch.dtype | str = torch.float32,
+) -> int:
+    """Bytes a decoding model keeps after `seq_len` tokens: the KV cache of its softmax-attention
+    layers (`kv_cache_bytes`, in `dtype`, growing with seq_len) plus the fixed-size state of its
+    linear-attention layers (`linear_state_numel`, in `state_dtype`: the recurrent state is kept
+    in float32, as transformers and olm_edu do). For a model without linear attention it is
+    kv_cache_bytes; for a hybrid, the linear layers add a constant."""
+    _check_positive("batch_size", batch_size)
+    return kv_cache_bytes(cfg, seq_len, dtype, batch_size) + _bytes(linear_state_numel(cfg) * batch_size, state_dtype)
 
 
 def cache_width(cfg: ModelConfig) -> int:
@@ -252,6 +321,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     Sparse attention (index_topk): the attention reads min(T, index_topk) keys, and the indexer
     scores all T of them: 2 * T * index_heads * index_head_dim (q.k) + 2 * T * index_heads (the
     weighted sum of the heads' votes) per layer; its projections count with the attention's.
+    Linear-attention layers: their projections (all their weights, twice), and a cost per token
+    that does not depend on seq_len, 2 * 3 * H_v * h_k * h_v (the state read for the key, the
+    rank-1 write, the read for the query), counted in "attention_scores".
     Embedding lookups, biases, norms, softmax and activations are left out (all O(d), not
     O(d^2)). "forward" is the sum; "training" = 3 * forward (backward costs twice forward).
     """
@@ -262,15 +334,21 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
         attention_weights = _latent_attention_params(no_bias)
         score_width = cfg.num_heads * (cfg.qk_head_size + cfg.value_head_size)
     else:
-        attention_weights = 2 * d * q_width + 2 * d * kv_width
+        attention_weights = 2 * d * q_width + 2 * d * kv_width + d * q_width * cfg.attn_output_gate
         score_width = 2 * q_width
     no_ffn_bias = cfg.replace(ffn_bias=False)
     read = [_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers)]  # keys each layer scores
     attended = read if cfg.index_topk is None else [min(tokens, cfg.index_topk) for tokens in read]
     indexer = 0 if cfg.index_topk is None else sum(2 * t * cfg.index_heads * (cfg.index_head_dim + 1) for t in read)
+    linear_layers = sum(cfg.layer_type(i) == "linear_attention" for i in range(cfg.num_layers))
+    linear_state = 0
+    if linear_layers:  # read S^T k, write k u^T, read S^T q: three (d_k x d_v) multiply-adds a value head
+        _, value_heads, key_dim, value_dim = _linear_widths(cfg)
+        linear_state = linear_layers * 2 * 3 * value_heads * key_dim * value_dim
     flops = {
-        "attention": 2 * cfg.num_layers * attention_weights,
-        "attention_scores": sum(2 * tokens * score_width for tokens in attended) + indexer,
+        "attention": 2 * (cfg.num_layers - linear_layers) * attention_weights
+        + 2 * linear_layers * (_linear_attention_params(cfg) if linear_layers else 0),
+        "attention_scores": sum(2 * tokens * score_width for tokens in attended) + indexer + linear_state,
         "ffn": 2 * sum(_ffn_params(no_ffn_bias, index)[1] for index in range(cfg.num_layers)),
         "head": 2 * d * cfg.vocab_size,
     }

@@ -25,7 +25,7 @@ CHANGES = {
     "attention_chunk_size": _chunked_types,
     "qk_l2_norm": lambda cfg: dict(qk_l2_norm=True),
     "attn_temperature_tuning": lambda cfg: dict(attn_temperature_tuning=True),
-    "moe_layers": lambda cfg: dict(moe_layers=(0,), first_dense_layers=0),
+    "dense_layers": lambda cfg: dict(dense_layers=(0,) if 0 not in cfg.dense_layers else (), first_dense_layers=0),
     "router_weighting": lambda cfg: dict(router_weighting="input" if cfg.router_weighting == "output" else "output"),
     "attention_sinks": lambda cfg: dict(attention_sinks=not cfg.attention_sinks),
     "qk_norm_scope": lambda cfg: dict(qk_norm=True, qk_norm_scope="projection" if cfg.qk_norm_scope == "head" else "head"),
@@ -33,6 +33,10 @@ CHANGES = {
     "router_bias": lambda cfg: dict(router_bias=not cfg.router_bias),
     "expert_bias": lambda cfg: dict(expert_bias=not cfg.expert_bias),
     "swiglu_limit": lambda cfg: dict(swiglu_limit=3.0),
+    "attn_output_gate": lambda cfg: dict(attn_output_gate=not cfg.attn_output_gate),
+    "shared_expert_hidden_dim": lambda cfg: dict(shared_expert_hidden_dim=(cfg.shared_expert_hidden_dim or 8) + 8),
+    "shared_expert_gate": lambda cfg: dict(shared_expert_gate=not cfg.shared_expert_gate),
+    "linear_attention": lambda cfg: dict(layer_types=("linear_attention",) + tuple(cfg.layer_type(i) for i in range(1, cfg.num_layers))),
 }
 
 

@@ -31,7 +31,7 @@ def test_built_preset_holds_exactly_the_counted_parameters(name):
         num_layers=layers,
         layer_types=cfg.layer_types[:layers] if cfg.layer_types else None,
         nope_layers=tuple(i for i in cfg.nope_layers or () if i < layers) or None,
-        moe_layers=tuple(i for i in cfg.moe_layers if i < layers) if cfg.moe_layers is not None else None,
+        dense_layers=tuple(i for i in cfg.dense_layers if i < layers),
     )
     with torch.device("meta"):
         model = build(small)

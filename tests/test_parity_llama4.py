@@ -158,13 +158,13 @@ def test_parameter_count_is_transformers_count(variant):
 def test_the_tiny_configs_switch_every_feature_on():
     """The "all" config exercises what it claims, read through from_hf_config."""
     cfg = from_hf_config(TINY_CONFIGS["all"])
-    assert cfg.nope_layers == (1, 3) and cfg.moe_layers == (1, 2)
+    assert cfg.nope_layers == (1, 3) and cfg.first_dense_layers == 1 and cfg.dense_layers == (3,)
     assert cfg.layer_types == ("chunked_attention", "full_attention", "chunked_attention", "full_attention")
     assert cfg.attention_chunk_size < SEQ_LEN and cfg.qk_l2_norm and cfg.attn_temperature_tuning
     assert cfg.attn_temperature_floor < SEQ_LEN and 1 < cfg.experts_per_token < cfg.num_experts
     assert cfg.expert_hidden_dim != cfg.hidden_dim and cfg.rope_layout == "interleaved"
     scout = from_hf_config(TINY_CONFIGS["scout"])
-    assert scout.nope_layers == (3,) and scout.moe_layers is None and scout.experts_per_token == 1
+    assert scout.nope_layers == (3,) and scout.dense_layers == () and scout.experts_per_token == 1
 
 
 @pytest.mark.parametrize(
@@ -305,10 +305,10 @@ def test_a_multimodal_checkpoint_loads_its_language_model():
         (dict(attention_chunk_size=4, sliding_window=8), "say in layer_types which layers slide"),
         (dict(qk_l2_norm=True, position="learned"), "qk_l2_norm=True normalises the rotated queries"),
         (dict(attn_temperature_floor=0), "attn_temperature_floor=0 must be a positive int"),
-        (dict(num_experts=4, experts_per_token=1, moe_layers=(2,)), r"moe_layers entry 2 must be a layer index"),
-        (dict(num_experts=4, experts_per_token=1, moe_layers=(1,), first_dense_layers=1), "first_dense_layers=1 must be 0"),
+        (dict(num_experts=4, experts_per_token=1, dense_layers=(2,)), r"dense_layers entry 2 must be a layer index"),
+        (dict(num_experts=4, experts_per_token=1, dense_layers=(1, 1)), r"dense_layers=\(1, 1\) must be sorted"),
         (dict(num_experts=4, experts_per_token=1, router_weighting="both"), "router_weighting='both' is not one of"),
-        (dict(moe_layers=(1,)), "moe_layers=.* is a mixture-of-experts knob, but num_experts=0"),
+        (dict(dense_layers=(1,)), "dense_layers=.* is a mixture-of-experts knob, but num_experts=0"),
     ],
 )
 def test_llama4_knobs_are_validated_by_name(changes, message):

@@ -12,7 +12,9 @@
 (post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
 (OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
 its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
-`attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), and `mlp` is an `MoE`
+`attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), `LinearAttention` (the
+gated delta rule) on the layers whose layer type is "linear_attention" (Qwen3-Next, Kimi
+Linear), and `mlp` is an `MoE`
 (router + experts) on the layers where cfg.is_moe_layer(index) (all but the first
 first_dense_layers when num_experts > 0). Parameter names come out readable:
 `layers.3.attn.attention.q_proj.weight`, `layers.3.ffn.mlp.experts.gate_proj`.
@@ -40,6 +42,7 @@ from olm_edu.nn.blocks import Block, Context, Repeat, Residual
 from olm_edu.nn.cache import KVCache
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 from olm_edu.nn.head import OutputHead
+from olm_edu.nn.linear_attention import LINEAR_IMPLEMENTATIONS, VARIANTS, LinearAttention
 from olm_edu.nn.mla import LatentAttention
 from olm_edu.nn.moe import MOE_IMPLEMENTATIONS, MoE, Router
 from olm_edu.nn.norms import make_norm
@@ -47,7 +50,7 @@ from olm_edu.nn.positions import LearnedPositions, SinusoidalPositions
 
 __all__ = [
     "Transformer", "MultiTokenPrediction", "build", "init_weights", "set_attention_implementation",
-    "set_moe_implementation", "set_mla_mode",
+    "set_moe_implementation", "set_mla_mode", "set_linear_attention_implementation",
 ]  # fmt: skip
 
 
@@ -55,7 +58,24 @@ def _norm(cfg: ModelConfig) -> nn.Module:
     return make_norm(cfg.norm, cfg.embed_dim, cfg.norm_eps, bias=cfg.norm_bias)
 
 
-def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
+def _linear_attention(cfg: ModelConfig, index: int) -> LinearAttention:
+    return LinearAttention(
+        cfg.embed_dim,
+        cfg.linear_num_key_heads,
+        cfg.linear_num_value_heads,
+        cfg.linear_key_head_dim,
+        cfg.linear_value_head_dim,
+        conv_kernel=cfg.linear_conv_kernel,
+        activation=cfg.activation,
+        norm_eps=cfg.norm_eps,
+        layer_index=index,
+        **VARIANTS[cfg.linear_attention],
+    )
+
+
+def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | LinearAttention:
+    if cfg.layer_type(index) == "linear_attention":
+        return _linear_attention(cfg, index)
     if cfg.attention == "mla":
         return LatentAttention(
             cfg.embed_dim,
@@ -75,6 +95,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            position="rope" if cfg.uses_rope(index) else "none",
             index_topk=cfg.index_topk,
             index_heads=cfg.index_heads,
             index_head_dim=cfg.index_head_dim,
@@ -100,6 +121,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         max_seq_len=cfg.max_seq_len,
         qk_norm=cfg.qk_norm,
         qk_l2_norm=cfg.qk_l2_norm and rotates,  # Llama 4 leaves its NoPE layers unnormalised
+        output_gate=cfg.attn_output_gate,
         norm_eps=cfg.norm_eps,
         logit_softcap=cfg.attn_logit_softcap,
         scale=None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar**-0.5,
@@ -137,6 +159,8 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             expert_bias=cfg.expert_bias,
             swiglu_limit=cfg.swiglu_limit,
             swiglu_alpha=cfg.swiglu_alpha,
+            shared_hidden_dim=cfg.shared_expert_hidden_dim,
+            shared_gate=cfg.shared_expert_gate,
         )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
@@ -370,6 +394,17 @@ def set_moe_implementation(model: nn.Module, implementation: str) -> nn.Module:
         raise ValueError(f"implementation={implementation!r} is not one of {MOE_IMPLEMENTATIONS}")
     for module in model.modules():
         if isinstance(module, MoE):
+            module.implementation = implementation
+    return model
+
+
+def set_linear_attention_implementation(model: nn.Module, implementation: str) -> nn.Module:
+    """Compute every linear-attention layer "chunked" (training, prefill) or "recurrent" (one
+    token at a time); they agree to float32 rounding (see olm_edu.nn.linear_attention)."""
+    if implementation not in LINEAR_IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not one of {LINEAR_IMPLEMENTATIONS}")
+    for module in model.modules():
+        if isinstance(module, LinearAttention):
             module.implementation = implementation
     return model
 

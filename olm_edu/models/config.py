@@ -23,7 +23,8 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
-LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
+LINEAR_ATTENTIONS = ("gated_deltanet", "kimi_delta")
 ATTENTIONS = ("standard", "mla")
 ROUTER_SCORINGS = ("softmax", "sigmoid")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
@@ -104,8 +105,8 @@ class ModelConfig:
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
         experts, fused into one feed-forward num_shared_experts * expert_hidden_dim wide),
         first_dense_layers (that many leading layers keep a dense feed-forward of hidden_dim),
-        moe_layers (None: every layer from first_dense_layers on has experts; else exactly the
-        listed layers do and the others keep a dense feed-forward of hidden_dim; Llama 4).
+        dense_layers (further layers that keep a dense feed-forward of hidden_dim: Qwen3-Next's
+        mlp_only_layers, Llama 4's layers between its interleaved MoE layers).
         router_weighting: "output" (y = w * expert(x), everyone) or "input" (y = expert(w * x):
         Llama 4 scales the token before the expert sees it).
         The router: router_scoring "softmax" (Mixtral, Qwen, DeepSeek-V2) or "sigmoid"
@@ -120,6 +121,17 @@ class ModelConfig:
         gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha *
         gate), alpha = swiglu_alpha; None: the plain SwiGLU). Its router, softmax over the top-k
         logits, is router_scoring="softmax" with router_renormalize=True (the same numbers).
+    Linear attention (Qwen3-Next, Qwen3.5, Kimi Linear; see olm_edu.nn.linear_attention)
+        layer_types entries "linear_attention" put the gated-delta-rule mixer in that layer's
+        attention slot. linear_attention: "gated_deltanet" (per-head decay, SiLU-gated norm) or
+        "kimi_delta" (per-channel decay, low-rank decay and gate projections, sigmoid-gated
+        norm). linear_num_key_heads, linear_num_value_heads (None: = key heads),
+        linear_key_head_dim, linear_value_head_dim (None: = key head dim), linear_conv_kernel.
+        attn_output_gate: the full-attention layers multiply their output by sigmoid(gate), a
+        gate per head and channel projected by a q_proj of twice the width (Qwen3-Next).
+        shared_expert_hidden_dim (None: num_shared_experts * expert width) and
+        shared_expert_gate (the shared expert's output scaled by sigmoid(w . x), Qwen3-Next);
+        dense_layers: layers whose feed-forward stays dense in an MoE model (mlp_only_layers).
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -194,7 +206,6 @@ class ModelConfig:
     expert_hidden_dim: int | None = None
     num_shared_experts: int = 0
     first_dense_layers: int = 0
-    moe_layers: tuple[int, ...] | None = None
     router_weighting: str = "output"
     router_scoring: str = "softmax"
     router_renormalize: bool = False
@@ -209,6 +220,17 @@ class ModelConfig:
     swiglu_alpha: float = 1.702
     # multi-token prediction
     mtp_layers: int = 0
+    # linear attention (hybrid models) and their full layers' and experts' extras
+    linear_attention: str = "gated_deltanet"
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel: int = 4
+    attn_output_gate: bool = False
+    shared_expert_hidden_dim: int | None = None
+    shared_expert_gate: bool = False
+    dense_layers: tuple[int, ...] = ()
     # embeddings and output
     tie_embeddings: bool = True
     scale_embeddings: bool = False
@@ -224,12 +246,20 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("layer_types", "nope_layers", "moe_layers"):  # lists (from JSON) become tuples: hashable, comparable
+        for name in ("layer_types", "nope_layers", "dense_layers"):  # lists (from JSON) become tuples: hashable, comparable
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if self.nope_layers == ():  # no NoPE layer is spelled None, so equal configs compare equal
             object.__setattr__(self, "nope_layers", None)
+        # one spelling per model: a run of dense layers at the start is first_dense_layers, never
+        # dense_layers (Kimi's mlp_layer_types ["dense", "sparse", ...] reads the same as first_k_dense_replace=1)
+        first, dense = self.first_dense_layers, set(self.dense_layers)
+        if isinstance(first, int) and dense and all(isinstance(i, int) for i in dense):
+            while first in dense:
+                first += 1
+            object.__setattr__(self, "first_dense_layers", first)
+            object.__setattr__(self, "dense_layers", tuple(i for i in self.dense_layers if i >= first))
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -265,10 +295,20 @@ class ModelConfig:
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` has routed experts (False for dense configs and the first
-        first_dense_layers layers, or those not in moe_layers)."""
-        if self.moe_layers is not None:
-            return self.num_experts > 0 and index in self.moe_layers
-        return self.num_experts > 0 and index >= self.first_dense_layers
+        first_dense_layers layers)."""
+        return self.num_experts > 0 and index >= self.first_dense_layers and index not in self.dense_layers
+
+    @property
+    def has_linear_attention(self) -> bool:
+        """Whether some layer is a linear-attention (gated delta rule) layer."""
+        return self.layer_types is not None and "linear_attention" in self.layer_types
+
+    @property
+    def shared_expert_width(self) -> int:
+        """Hidden width of the always-on shared expert (0 without one)."""
+        if self.shared_expert_hidden_dim is not None:
+            return self.shared_expert_hidden_dim
+        return self.num_shared_experts * self.expert_width
 
     def uses_rope(self, index: int) -> bool:
         """Whether layer `index` rotates its queries and keys (position="rope" and not a NoPE layer)."""
@@ -356,6 +396,7 @@ def validate(cfg: ModelConfig) -> None:
     _validate_mla(cfg)
     _validate_moe(cfg)
     _validate_frontier(cfg)
+    _validate_linear(cfg)
     _positive_or_zero("mtp_layers", cfg.mtp_layers)
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
@@ -417,9 +458,12 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(
             f"attention='mla' gives every head its own keys and values: num_kv_heads={cfg.num_kv_heads} must be None"
         )
-    if cfg.position != "rope":
-        raise ValueError(f"attention='mla' needs position='rope' (its decoupled key is rotated), got position={cfg.position!r}")
-    if cfg.rope_head_dim % 2:
+    if cfg.position not in ("rope", "none"):
+        raise ValueError(
+            f"attention='mla' needs position='rope' (its decoupled key is rotated) or 'none' (Kimi Linear: not "
+            f"rotated), got position={cfg.position!r}"
+        )
+    if cfg.position == "rope" and cfg.rope_head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
@@ -453,11 +497,36 @@ def _validate_indexer(cfg: ModelConfig) -> None:
         )
 
 
+_LINEAR_KNOBS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
+
+
+def _validate_linear(cfg: ModelConfig) -> None:
+    check_choice("linear_attention", cfg.linear_attention, LINEAR_ATTENTIONS)
+    _positive("linear_conv_kernel", cfg.linear_conv_kernel)
+    if not cfg.has_linear_attention:
+        for name in _LINEAR_KNOBS:
+            if getattr(cfg, name) is not None:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} needs 'linear_attention' layers in layer_types")
+        return
+    for name in ("linear_num_key_heads", "linear_key_head_dim"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"layer_types has linear_attention layers but {name} is None")
+    for name in _LINEAR_KNOBS:
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    if (cfg.linear_num_value_heads or cfg.linear_num_key_heads) % cfg.linear_num_key_heads:
+        raise ValueError(
+            f"linear_num_value_heads={cfg.linear_num_value_heads} must be a multiple of "
+            f"linear_num_key_heads={cfg.linear_num_key_heads}"
+        )
+
+
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
     "router_bias": False, "expert_bias": False, "swiglu_limit": None,
-    "moe_layers": None, "router_weighting": "output",
+    "router_weighting": "output",
+    "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": (),
 }  # fmt: skip
 
 
@@ -480,14 +549,6 @@ def _validate_moe(cfg: ModelConfig) -> None:
     _positive_or_zero("num_shared_experts", cfg.num_shared_experts)
     _positive_or_zero("first_dense_layers", cfg.first_dense_layers)
     check_choice("router_weighting", cfg.router_weighting, ROUTER_WEIGHTINGS)
-    if cfg.moe_layers is not None:
-        if cfg.first_dense_layers:
-            raise ValueError(f"moe_layers lists the MoE layers; first_dense_layers={cfg.first_dense_layers} must be 0 with it")
-        for index in cfg.moe_layers:
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
-                raise ValueError(f"moe_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
-        if list(cfg.moe_layers) != sorted(set(cfg.moe_layers)):
-            raise ValueError(f"moe_layers={cfg.moe_layers} must be sorted, without repeats")
     if cfg.first_dense_layers > cfg.num_layers:
         raise ValueError(f"first_dense_layers={cfg.first_dense_layers} must be <= num_layers={cfg.num_layers}")
     _positive("expert_groups", cfg.expert_groups)
@@ -506,6 +567,15 @@ def _validate_moe(cfg: ModelConfig) -> None:
         raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
     if not cfg.routed_scaling_factor > 0:
         raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")
+    if cfg.shared_expert_hidden_dim is not None:
+        _positive("shared_expert_hidden_dim", cfg.shared_expert_hidden_dim)
+    if cfg.shared_expert_gate and cfg.shared_expert_width == 0:
+        raise ValueError("shared_expert_gate=True needs a shared expert (num_shared_experts or shared_expert_hidden_dim)")
+    for index in cfg.dense_layers:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
+            raise ValueError(f"dense_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
+    if list(cfg.dense_layers) != sorted(set(cfg.dense_layers)):
+        raise ValueError(f"dense_layers={cfg.dense_layers} must be sorted, without repeats")
 
 
 def _validate_frontier(cfg: ModelConfig) -> None:

@@ -31,10 +31,14 @@ MOE_KNOBS = (
     "router_renormalize", "expert_groups", "groups_per_token", "router_group_score", "router_selection_bias",
     "routed_scaling_factor", "load_balance_coef", "router_z_loss_coef", "router_bias_update_rate",
     "router_bias", "expert_bias", "swiglu_limit", "swiglu_alpha",
-    "moe_layers", "router_weighting",
+    "router_weighting",
 )  # fmt: skip
 MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
 TEMPERATURE_KNOBS = ("attn_temperature_floor", "attn_temperature_scale")
+LINEAR_KNOBS = (
+    "linear_attention", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+    "linear_value_head_dim", "linear_conv_kernel",
+)  # fmt: skip
 MAX_CELL_WIDTH = 44  # longer values (a rope_scaling dict) wrap onto more lines in the text table
 
 
@@ -91,6 +95,8 @@ def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
     if knob in MLA_KNOBS and cfg.attention != "mla":
         return "-"
     if knob in TEMPERATURE_KNOBS and not cfg.attn_temperature_tuning:
+        return "-"
+    if knob in LINEAR_KNOBS and not cfg.has_linear_attention:
         return "-"
     return format_value(value)
 

@@ -571,8 +571,10 @@ _PLAIN_ROPE_FAMILY_FIXED = {
 # Knobs added in Part III (olm_edu.models.families): no Part I–II family's class can turn them.
 _PART_III_KNOBS_OFF = {
     "nope_layers": None, "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False,
-    "moe_layers": None, "router_weighting": "output", "attention_sinks": False, "qk_norm_scope": "head",
+    "dense_layers": (), "router_weighting": "output", "attention_sinks": False, "qk_norm_scope": "head",
     "rope_theta_local": None, "rope_scaling_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
+    # the hybrids' (olm_edu.models.families.qwen3_next, kimi_linear)
+    "attn_output_gate": False, "shared_expert_hidden_dim": None, "shared_expert_gate": False,
 }  # fmt: skip
 # Knobs no dense family's transformers class can turn.
 _DENSE = {"num_experts": 0, "attention": "standard", "mtp_layers": 0}
@@ -673,6 +675,8 @@ def _check_expressible(cfg: ModelConfig) -> None:
     for knob, needed in {**_PART_III_KNOBS_OFF, **FIXED_KNOBS[cfg.family]}.items():
         if getattr(cfg, knob) != needed:
             raise _cannot(cfg, knob, f"its transformers class needs {needed!r}")
+    if cfg.has_linear_attention:
+        raise _cannot(cfg, "layer_types", "its transformers class has no linear-attention layers")
     if cfg.family in ("llama", "qwen3", "gemma2", "qwen3_moe", *DEEPSEEK_FAMILIES) and cfg.qkv_bias != cfg.attn_out_bias:
         raise _cannot(cfg, "attn_out_bias", "one attention_bias switches q, k, v and o together")
     if cfg.family != "gemma2" and cfg.query_pre_attn_scalar not in (None, cfg.head_size):

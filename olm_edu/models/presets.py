@@ -51,6 +51,13 @@ HUB_IDS = {
     "Olmo-3-7B": "allenai/Olmo-3-1025-7B",
     "SmolLM3-3B": "HuggingFaceTB/SmolLM3-3B",
     "Llama-4-Scout-17B-16E": "meta-llama/Llama-4-Scout-17B-16E",  # the text_config (language model) only
+    # hybrid linear/full attention (written from the published configs as remembered, not downloaded:
+    # see each file's notes in the h17 report; the Qwen3.5 ones are the transformers 5.25 config
+    # classes' defaults, which their docstrings name as those releases)
+    "Qwen3-Next-80B-A3B-Instruct": "Qwen/Qwen3-Next-80B-A3B-Instruct",
+    "Qwen3.5-9B": "Qwen/Qwen3.5-9B",
+    "Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
+    "Kimi-Linear-48B-A3B-Instruct": "moonshotai/Kimi-Linear-48B-A3B-Instruct",
 }
 
 

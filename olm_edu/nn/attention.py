@@ -25,6 +25,9 @@ Knobs:
 - qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3, Gemma 3:
   qk_norm_scope="head"), or one RMSNorm over the whole query projection and one over the keys
   before they are split into heads (OLMo 2/3: qk_norm_scope="projection").
+- output_gate: out = attention(...) * sigmoid(gate) before o_proj, one gate per head and
+  channel; q_proj is twice as wide and holds, per head, the head's query then its gate
+  (Qwen3-Next, Qwen3.5).
 - sinks=True gives each head its sink logit (the parameter `sinks`, shape (num_heads,)).
 - sliding_window=W: each query sees itself and the W - 1 keys before it (Mistral, Gemma 2).
   chunk_size=C: the sequence is cut into chunks of C positions, [0, C), [C, 2C), ..., and each
@@ -234,6 +237,7 @@ class Attention(nn.Module):
         qk_norm_scope: str = "head",
         norm_convention: str = "llama",
         sinks: bool = False,
+        output_gate: bool = False,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -253,7 +257,8 @@ class Attention(nn.Module):
         self.dropout, self.layer_index = dropout, layer_index
         self.implementation = implementation  # validated by the property setter
 
-        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
+        self.output_gate = output_gate
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim * (2 if output_gate else 1), bias=bias)
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
@@ -285,6 +290,10 @@ class Attention(nn.Module):
         cache = context.cache if context is not None else None
 
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H * d), (B, T, H_kv * d) twice
+        gate = None
+        if self.output_gate:  # per head: [query (d), gate (d)]
+            q, gate = q.view(batch, length, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            q, gate = q.reshape(batch, length, -1), gate.reshape(batch, length, -1)  # (B, T, H * d) each
         if self.q_norm is not None and self.qk_norm_scope == "projection":  # OLMo: over all heads at once
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
@@ -321,6 +330,8 @@ class Attention(nn.Module):
             sinks=self.sinks,
         )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
         return self.o_proj(out)
 
     def extra_repr(self) -> str:
@@ -337,6 +348,8 @@ class Attention(nn.Module):
             parts.append(f"logit_softcap={self.logit_softcap}")
         if self.sinks is not None:
             parts.append("sinks=True")
+        if self.output_gate:
+            parts.append("output_gate=True")
         if self.q_norm is not None and self.qk_norm_scope != "head":
             parts.append(f"qk_norm_scope={self.qk_norm_scope!r}")
         parts.append(f"implementation={self.implementation!r}")

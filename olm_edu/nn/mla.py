@@ -23,6 +23,10 @@ mscale(factor, mscale) / mscale(factor, mscale_all_dim), multiplies cos and sin 
 
 Cached per token and layer: kv_latent_dim + rope_head_dim numbers (576 for DeepSeek-V3).
 
+position="none" (Kimi Linear's latent-attention layers: no positional encoding at all, its
+linear-attention layers and their convolutions carry the order): the rope_head_dim decoupled
+dimensions stay, shared by all heads, but are not rotated.
+
 Top-k key selection (DeepSeek-V3.2's sparse attention, `index_topk`): a `LightningIndexer`
 (olm_edu.nn.indexer) reads the query latent and scores every earlier key; each query then
 attends only to its index_topk best keys. Nothing else changes: the selection is one more mask
@@ -55,7 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from olm_edu.choices import checked_choice
+from olm_edu.choices import check_choice, checked_choice
 from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask
 from olm_edu.nn.blocks import Context
 from olm_edu.nn.indexer import LightningIndexer
@@ -115,6 +119,7 @@ class LatentAttention(nn.Module):
         implementation: str = "sdpa",
         mode: str = "naive",
         layer_index: int = 0,
+        position: str = "rope",
         index_topk: int | None = None,
         index_heads: int | None = None,
         index_head_dim: int | None = None,
@@ -124,7 +129,8 @@ class LatentAttention(nn.Module):
             if embed_dim % num_heads:
                 raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} (or set head_dim)")
             head_dim = embed_dim // num_heads
-        if rope_head_dim % 2:
+        check_choice("position", position, ("rope", "none"))
+        if position == "rope" and rope_head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={rope_head_dim} must be even")
         value_head_dim = head_dim if value_head_dim is None else value_head_dim
         self.embed_dim, self.num_heads = embed_dim, num_heads
@@ -146,7 +152,9 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(num_heads * value_head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
 
         self.rope_layout = rope_layout
-        self.rotary = RotaryEmbedding(rope_head_dim, rope_theta, rope_scaling, max_seq_len, layout=rope_layout)
+        self.rotary = None  # position="none": the decoupled dimensions are not rotated
+        if position == "rope":
+            self.rotary = RotaryEmbedding(rope_head_dim, rope_theta, rope_scaling, max_seq_len, layout=rope_layout)
         self.scale = mla_softmax_scale(qk_head_dim, rope_scaling, max_seq_len)
         self.indexer = None
         if index_topk is not None:
@@ -180,9 +188,10 @@ class LatentAttention(nn.Module):
         latent, k_rope = self.kv_down_proj(x).split([self.kv_latent_dim, rope], dim=-1)
         latent = self.kv_norm(latent)[:, None]  # (B, 1, T, d_c): one latent per token, for all heads
         k_rope = k_rope[:, None]  # (B, 1, T, d_R): one rotated key per token, shared by all heads
-        cos, sin = self.rotary(positions, dtype=q.dtype)
-        q_rope = apply_rotary(q_rope, cos, sin, self.rope_layout)
-        k_rope = apply_rotary(k_rope, cos, sin, self.rope_layout)
+        if self.rotary is not None:
+            cos, sin = self.rotary(positions, dtype=q.dtype)
+            q_rope = apply_rotary(q_rope, cos, sin, self.rope_layout)
+            k_rope = apply_rotary(k_rope, cos, sin, self.rope_layout)
 
         key_positions = positions
         if self.mode == "expanded":

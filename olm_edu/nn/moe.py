@@ -7,7 +7,8 @@ parameters grow with E while the work per token grows with k:
     y = shared(x) + sum_{e in chosen(x)} w_e(x) * expert_e(x)
 
 `shared` is the optional always-on part (DeepSeek's shared experts: one feed-forward whose width
-is num_shared_experts expert widths). The router scores the experts with one matrix W_r
+is num_shared_experts expert widths, or shared_hidden_dim). With shared_gate (Qwen3-Next,
+Qwen3.5) its output is scaled per token by sigmoid(w_s . x), a learned scalar gate. The router scores the experts with one matrix W_r
 (num_experts, embed_dim): logits = x W_r^T, and the families differ only in what follows.
 
     Mixtral, Qwen3-MoE   s = softmax(logits); choose the k largest s; w = s_chosen / sum(s_chosen)
@@ -356,6 +357,8 @@ class MoE(nn.Module):
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
         weighting: str = "output",
+        shared_hidden_dim: int | None = None,
+        shared_gate: bool = False,
         implementation: str = "loop",
         router_bias: bool = False,
         expert_bias: bool = False,
@@ -375,9 +378,13 @@ class MoE(nn.Module):
             swiglu_alpha=swiglu_alpha,
         )  # fmt: skip
         self.shared_experts = None
-        if num_shared_experts:
+        shared_width = num_shared_experts * hidden_dim if shared_hidden_dim is None else shared_hidden_dim
+        if shared_width:
             kind = GatedFFN if gated else ClassicFFN
-            self.shared_experts = kind(embed_dim, num_shared_experts * hidden_dim, activation=activation, bias=shared_bias)
+            self.shared_experts = kind(embed_dim, shared_width, activation=activation, bias=shared_bias)
+        if shared_gate and self.shared_experts is None:
+            raise ValueError("shared_gate=True needs a shared expert (num_shared_experts or shared_hidden_dim)")
+        self.shared_expert_gate = nn.Linear(embed_dim, 1, bias=False) if shared_gate else None
         self.implementation = implementation
         self.last_routing: Routing | None = None
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts, dtype=torch.long), persistent=False)
@@ -390,7 +397,10 @@ class MoE(nn.Module):
             self.tokens_per_expert += torch.bincount(routing.experts.flatten(), minlength=self.router.num_experts)
         out = self.experts(flat, routing.experts, routing.weights.to(x.dtype), self.implementation, self.weighting)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat)
+            shared = self.shared_experts(flat)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            out = out + shared
         return out.view_as(x)
 
     def _routing(self) -> Routing:

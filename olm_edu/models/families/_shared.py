@@ -17,8 +17,12 @@ from olm_edu.models.config import ModelConfig
 
 # Llama 4's knobs (olm_edu.models.families.llama4_text), which no other Part III class can turn.
 LLAMA4_KNOBS_OFF: dict[str, Any] = {
-    "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False, "moe_layers": None,
+    "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False,
     "router_weighting": "output",
+}  # fmt: skip
+# The hybrids' knobs (olm_edu.models.families.qwen3_next, kimi_linear), which the others cannot turn.
+HYBRID_KNOBS_OFF: dict[str, Any] = {
+    "attn_output_gate": False, "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": (),
 }  # fmt: skip
 
 

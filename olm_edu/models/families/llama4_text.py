@@ -15,7 +15,7 @@ What Llama 4 changes from Llama 3, each a knob of `ModelConfig`:
     num_experts_per_tok                  experts_per_token,           releases), not renormalised, one
                                          router_scoring="sigmoid"     shared expert, and the router's score
                                          router_weighting="input"     scales the expert's *input*
-    moe_layers, interleave_moe_layer_    moe_layers                   which layers have experts (Scout: all;
+    moe_layers, interleave_moe_layer_    dense_layers                 which layers have no experts (Scout: none;
     step                                                              Maverick: every second)
     intermediate_size,                   expert_hidden_dim,           the width of an expert (and of the
     intermediate_size_mlp                hidden_dim                   shared one); of a dense layer
@@ -44,6 +44,7 @@ from typing import Any
 from olm_edu.models import families
 from olm_edu.models import hf_config  # partly loaded while it imports the families: used at call time only
 from olm_edu.models.config import ModelConfig
+from olm_edu.models.families._shared import HYBRID_KNOBS_OFF
 
 MODEL_TYPE = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
@@ -82,8 +83,9 @@ FIXED: dict[str, Any] = {
     "norm": "rmsnorm", "norm_placement": "pre", "position": "rope", "rope_layout": "interleaved",
     "partial_rotary_factor": 1.0, "ffn": "glu", "ffn_bias": False, "qk_norm": False, "attn_logit_softcap": None,
     "final_logit_softcap": None, "sliding_window": None, "causal": True, "scale_embeddings": False,
-    "lm_head_bias": False, "attention": "standard", "mtp_layers": 0, "first_dense_layers": 0, "load_balance_coef": 0.0,
+    "lm_head_bias": False, "attention": "standard", "mtp_layers": 0, "load_balance_coef": 0.0,
     "qk_norm_scope": "head", "attention_sinks": False, "rope_theta_local": None, "rope_scaling_local": None,
+    **{knob: value for knob, value in HYBRID_KNOBS_OFF.items() if knob != "dense_layers"},
 }  # fmt: skip
 # ... and on its MoE layers (when there are any).
 FIXED_MOE: dict[str, Any] = {
@@ -204,7 +206,7 @@ def read(keys: hf_config.Keys) -> dict[str, Any]:
             num_experts=keys["num_local_experts"],
             experts_per_token=keys["num_experts_per_tok"],
             expert_hidden_dim=None if expert_width == dense_width else expert_width,
-            moe_layers=None if len(moe_layers) == num_layers else tuple(moe_layers),
+            dense_layers=tuple(index for index in range(num_layers) if index not in moe_layers),
             **FIXED_MOE,
         )
     return knobs
