@@ -22,9 +22,10 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
-LAYER_TYPES = ("full_attention", "sliding_attention")
-ATTENTIONS = ("standard", "mla")
-ROUTER_SCORINGS = ("softmax", "sigmoid")
+LAYER_TYPES = ("full_attention", "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+COMPRESSED_LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+ATTENTIONS = ("standard", "mla", "compressed")
+ROUTER_SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
 FAMILIES = (
     "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
@@ -74,7 +75,21 @@ class ModelConfig:
         index_topk: each query attends only to the index_topk keys a lightning indexer scores
         highest (None: every key); the indexer has index_heads heads of index_head_dim, reads
         its queries from the query latent (so it needs q_latent_dim) and caches one key of
-        index_head_dim per token. Only with attention="mla".
+        index_head_dim per token. With attention="mla" (V3.2) or on the CSA layers of
+        attention="compressed" (V4, which picks among compressed entries).
+    Compressed attention (DeepSeek-V4; see olm_edu.nn.compressed_attention)
+        attention="compressed": one shared key-value head (key = value) of head_dim, queries
+        through q_latent_dim, RoPE on the last rope_head_dim dims, a sliding_window on every
+        layer, plus per layer_types entry: "sliding_attention" (nothing more),
+        "compressed_sparse_attention" (one entry per csa_compress_rate tokens, top index_topk
+        chosen by an indexer) or "heavily_compressed_attention" (one entry per hca_compress_rate
+        tokens, all read). Compressed layers rotate with compress_rope_theta and rope_scaling
+        (YaRN with attention factor 1); sliding layers with rope_theta, unscaled.
+        attention_sinks: a learned logit per head in the softmax. o_groups, o_latent_dim: the
+        grouped low-rank output projection.
+    Hyper-connections (DeepSeek-V4's mHC; see olm_edu.nn.hyper_connections)
+        hc_streams: residual streams per token (1: a plain residual); hc_sinkhorn_iters and
+        hc_eps: the Sinkhorn-Knopp projection of the stream-mixing matrices.
     Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
@@ -87,6 +102,10 @@ class ModelConfig:
         router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
         a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
         balance); routed_scaling_factor (multiplies the routed experts' weights).
+        router_scoring "sqrtsoftplus" (DeepSeek-V4: sqrt(softplus(logits))); hash_routed_layers
+        (layers whose experts a fixed token-id table chooses, DeepSeek-V4's first three);
+        swiglu_limit (clamp the SwiGLU inputs of routed and shared experts: gate <= limit,
+        |up| <= limit; None: no clamp).
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -145,6 +164,17 @@ class ModelConfig:
     index_topk: int | None = None
     index_heads: int | None = None
     index_head_dim: int | None = None
+    # compressed attention (DeepSeek-V4)
+    csa_compress_rate: int | None = None
+    hca_compress_rate: int | None = None
+    compress_rope_theta: float | None = None
+    o_groups: int | None = None
+    o_latent_dim: int | None = None
+    attention_sinks: bool = False
+    # hyper-connections
+    hc_streams: int = 1
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int | None = None
@@ -158,6 +188,8 @@ class ModelConfig:
     router_group_score: str = "max"
     router_selection_bias: bool = False
     routed_scaling_factor: float = 1.0
+    hash_routed_layers: tuple[int, ...] = ()
+    swiglu_limit: float | None = None
     # multi-token prediction
     mtp_layers: int = 0
     # embeddings and output
@@ -177,6 +209,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.layer_types is not None and not isinstance(self.layer_types, tuple):
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if not isinstance(self.hash_routed_layers, tuple):
+            object.__setattr__(self, "hash_routed_layers", tuple(self.hash_routed_layers))
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -278,6 +312,9 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        compressed = set(cfg.layer_types) - {"full_attention", "sliding_attention"}
+        if compressed and cfg.attention != "compressed":
+            raise ValueError(f"layer_types has {sorted(compressed)} layers, which need attention='compressed'")
     if cfg.rope_scaling is not None and cfg.position != "rope":
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -298,8 +335,70 @@ def _positive_or_zero(name: str, value: Any) -> None:
 _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
 
 
+_COMPRESSED_KNOBS = {
+    "csa_compress_rate": None, "hca_compress_rate": None, "compress_rope_theta": None, "o_groups": None,
+    "o_latent_dim": None, "attention_sinks": False,
+}  # fmt: skip
+
+
+def _validate_compressed(cfg: ModelConfig) -> None:
+    """DeepSeek-V4's attention: its required knobs, and the MLA knobs it has no use for."""
+    if cfg.attention != "compressed":
+        for name, off in _COMPRESSED_KNOBS.items():
+            if getattr(cfg, name) != off:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='compressed'")
+        return
+    for name in ("q_latent_dim", "rope_head_dim", "o_groups", "o_latent_dim", "sliding_window", "head_dim"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"attention='compressed' needs {name} (got None)")
+        _positive(name, getattr(cfg, name))
+    for name in ("kv_latent_dim", "value_head_dim"):
+        if getattr(cfg, name) is not None:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='compressed'")
+    if cfg.kv_heads != 1:
+        raise ValueError(f"attention='compressed' has one shared key-value head: num_kv_heads={cfg.num_kv_heads} must be 1")
+    if cfg.position != "rope" or cfg.rope_head_dim > cfg.head_size or cfg.rope_head_dim % 2:
+        raise ValueError(
+            f"attention='compressed' needs position='rope' and an even rope_head_dim <= head_dim "
+            f"(got position={cfg.position!r}, rope_head_dim={cfg.rope_head_dim}, head_dim={cfg.head_dim})"
+        )
+    if cfg.num_heads * cfg.head_size % cfg.o_groups:
+        raise ValueError(f"num_heads * head_dim = {cfg.num_heads * cfg.head_size} must be divisible by o_groups={cfg.o_groups}")
+    types = set(cfg.layer_type(i) for i in range(cfg.num_layers))
+    for kind in types:
+        check_choice("layer_types entry", kind, COMPRESSED_LAYER_TYPES)
+    needs = {"compressed_sparse_attention": ("csa_compress_rate", "index_topk"), "heavily_compressed_attention": ("hca_compress_rate",)}
+    for kind, names in needs.items():
+        for name in names:
+            if kind in types and getattr(cfg, name) is None:
+                raise ValueError(f"layer_types has {kind} layers, which need {name}")
+    for name in ("csa_compress_rate", "hca_compress_rate"):
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    if types != {"sliding_attention"} and cfg.compress_rope_theta is None:
+        raise ValueError("compressed layers need compress_rope_theta")
+    for name in ("qk_norm", "attn_logit_softcap", "query_pre_attn_scalar"):
+        if getattr(cfg, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='compressed'")
+    if cfg.index_topk is not None:
+        _validate_indexer(cfg)
+
+
+def _validate_hyper_connections(cfg: ModelConfig) -> None:
+    _positive("hc_streams", cfg.hc_streams)
+    _positive("hc_sinkhorn_iters", cfg.hc_sinkhorn_iters)
+    if not cfg.hc_eps >= 0:
+        raise ValueError(f"hc_eps={cfg.hc_eps!r} must be >= 0")
+    if cfg.hc_streams > 1 and cfg.norm_placement != "pre":
+        raise ValueError(f"hc_streams={cfg.hc_streams} needs norm_placement='pre', got {cfg.norm_placement!r}")
+
+
 def _validate_mla(cfg: ModelConfig) -> None:
     check_choice("attention", cfg.attention, ATTENTIONS)
+    _validate_compressed(cfg)
+    _validate_hyper_connections(cfg)
+    if cfg.attention == "compressed":
+        return
     if cfg.attention == "standard":
         for name in (*_MLA_KNOBS, "index_topk", "index_heads", "index_head_dim"):
             if getattr(cfg, name) is not None:
@@ -351,6 +450,7 @@ def _validate_indexer(cfg: ModelConfig) -> None:
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
+    "hash_routed_layers": (), "swiglu_limit": None,
 }  # fmt: skip
 
 
@@ -390,3 +490,11 @@ def _validate_moe(cfg: ModelConfig) -> None:
         raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
     if not cfg.routed_scaling_factor > 0:
         raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")
+    for index in cfg.hash_routed_layers:
+        if not isinstance(index, int) or not cfg.first_dense_layers <= index < cfg.num_layers:
+            raise ValueError(
+                f"hash_routed_layers entry {index!r} must be the index of an MoE layer "
+                f"({cfg.first_dense_layers}..{cfg.num_layers - 1})"
+            )
+    if cfg.swiglu_limit is not None and not cfg.swiglu_limit > 0:
+        raise ValueError(f"swiglu_limit={cfg.swiglu_limit!r} must be positive (or None for no clamp)")

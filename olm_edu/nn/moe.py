@@ -20,6 +20,11 @@ is num_shared_experts expert widths). The router scores the experts with one mat
                          bias used for *choosing only* (it never scales an output); groups scored
                          by the sum of their two best s + b; w = s_chosen / sum(s_chosen), times
                          routed_scaling_factor
+    DeepSeek-V4          s = sqrt(softplus(logits)) ("sqrtsoftplus"), chosen as V3 without groups;
+                         or, on its first layers, *hash routing*: a fixed table token id -> k
+                         experts chooses (hash_vocab_size rows), and the scores only weigh.
+                         Routed experts and the shared one clamp their SwiGLU inputs: gate to
+                         (-inf, limit], up to [-limit, limit] (swiglu_limit)
 
 `Router` does all of these with options (scoring, renormalize, num_groups, groups_per_token,
 group_score, selection_bias, scaling_factor). The router works in float32 (as DeepSeek's does;
@@ -78,7 +83,7 @@ __all__ = [
     "SCORINGS", "GROUP_SCORES", "MOE_IMPLEMENTATIONS",
 ]  # fmt: skip
 
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus")
 GROUP_SCORES = ("max", "top2_sum")
 MOE_IMPLEMENTATIONS = ("loop", "batched")
 
@@ -120,6 +125,7 @@ class Router(nn.Module):
         group_score: str = "max",
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
+        hash_vocab_size: int | None = None,
     ):
         super().__init__()
         check_choice("scoring", scoring, SCORINGS)
@@ -137,6 +143,9 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, embed_dim))
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("selection_bias", torch.zeros(num_experts) if selection_bias else None)
+        # hash routing: row i lists the experts token id i always goes to (a buffer, saved with the model)
+        table = None if hash_vocab_size is None else torch.zeros(hash_vocab_size, experts_per_token, dtype=torch.long)
+        self.register_buffer("token_to_experts", table)
 
     def _apply(self, fn, recurse: bool = True):
         # The selection bias moves in steps of ~1e-3, which bfloat16 would round away: like
@@ -147,13 +156,24 @@ class Router(nn.Module):
             self.selection_bias = bias.to(device=self.weight.device, dtype=torch.float32)
         return self
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> Routing:
+        """ids (N,): the tokens' ids, needed (only) by hash routing."""
         logits = F.linear(x.float(), self.weight.float())  # (N, E)
-        scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
-        choosing = scores if self.selection_bias is None else scores + self.selection_bias
-        if self.num_groups > 1:
-            choosing = self._only_best_groups(choosing)
-        experts = choosing.topk(self.experts_per_token, dim=-1).indices  # (N, k)
+        if self.scoring == "softmax":
+            scores = logits.softmax(dim=-1)
+        elif self.scoring == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = F.softplus(logits).sqrt()
+        if self.token_to_experts is not None:
+            if ids is None:
+                raise ValueError("a hash-routed MoE layer needs the token ids (run it inside a model, or pass ids)")
+            experts = self.token_to_experts[ids.reshape(-1)]  # (N, k): the table chooses
+        else:
+            choosing = scores if self.selection_bias is None else scores + self.selection_bias
+            if self.num_groups > 1:
+                choosing = self._only_best_groups(choosing)
+            experts = choosing.topk(self.experts_per_token, dim=-1).indices  # (N, k)
         weights = scores.gather(-1, experts)  # the bias chose them; the plain scores weigh them
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -180,6 +200,8 @@ class Router(nn.Module):
             parts.append("selection_bias=True")
         if self.scaling_factor != 1.0:
             parts.append(f"scaling_factor={self.scaling_factor}")
+        if self.token_to_experts is not None:
+            parts.append("hash_routing=True")
         return ", ".join(parts)
 
 
@@ -192,9 +214,17 @@ class Experts(nn.Module):
     Shapes: x (N, embed_dim), experts and weights (N, k) -> (N, embed_dim)
     """
 
-    def __init__(self, num_experts: int, embed_dim: int, hidden_dim: int, activation: str = "silu", gated: bool = True):
+    def __init__(
+        self,
+        num_experts: int,
+        embed_dim: int,
+        hidden_dim: int,
+        activation: str = "silu",
+        gated: bool = True,
+        limit: float | None = None,
+    ):
         super().__init__()
-        self.num_experts, self.embed_dim, self.hidden_dim = num_experts, embed_dim, hidden_dim
+        self.num_experts, self.embed_dim, self.hidden_dim, self.limit = num_experts, embed_dim, hidden_dim, limit
         self.activation, self.act = activation, get_activation(activation)
         self.gate_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, embed_dim)) if gated else None
         self.up_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, embed_dim))
@@ -206,8 +236,16 @@ class Experts(nn.Module):
     def expert(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Expert `index` on the tokens x (n, embed_dim) -> (n, embed_dim)."""
         up = F.linear(x, self.up_proj[index])
-        hidden = self.act(F.linear(x, self.gate_proj[index])) * up if self.gate_proj is not None else self.act(up)
-        return F.linear(hidden, self.down_proj[index])
+        gate = F.linear(x, self.gate_proj[index]) if self.gate_proj is not None else None
+        return F.linear(self._hidden(gate, up), self.down_proj[index])
+
+    def _hidden(self, gate: torch.Tensor | None, up: torch.Tensor) -> torch.Tensor:
+        """act(gate) * up (act(up) without a gate); with `limit`, gate <= limit and |up| <= limit first."""
+        if gate is None:
+            return self.act(up)
+        if self.limit is not None:
+            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
+        return self.act(gate) * up
 
     def forward(
         self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, implementation: str = "loop"
@@ -236,7 +274,8 @@ class Experts(nn.Module):
         padded = x.new_zeros(self.num_experts, int(counts.max()), self.embed_dim)  # (E, C, d)
         padded[sorted_expert, row] = x[token]
         up = padded @ self.up_proj.transpose(1, 2)  # (E, C, F)
-        hidden = self.act(padded @ self.gate_proj.transpose(1, 2)) * up if self.gate_proj is not None else self.act(up)
+        gate = padded @ self.gate_proj.transpose(1, 2) if self.gate_proj is not None else None
+        hidden = self._hidden(gate, up)
         y = hidden @ self.down_proj.transpose(1, 2)  # (E, C, d)
         contribution = y[sorted_expert, row] * weights.flatten()[order, None]  # (N k, d)
         return torch.zeros_like(x).index_add_(0, token, contribution)
@@ -244,7 +283,7 @@ class Experts(nn.Module):
     def extra_repr(self) -> str:
         kind = "gated" if self.gate_proj is not None else "classic"
         sizes = f"experts={self.num_experts}, embed_dim={self.embed_dim}, hidden_dim={self.hidden_dim}"
-        return f"{sizes}, {kind}, activation={self.activation!r}"
+        return f"{sizes}, {kind}, activation={self.activation!r}" + (f", limit={self.limit}" if self.limit else "")
 
 
 class MoE(nn.Module):
@@ -259,6 +298,7 @@ class MoE(nn.Module):
     """
 
     implementation = checked_choice("implementation", MOE_IMPLEMENTATIONS)
+    uses_context = True  # hash routing reads the token ids from the Context
 
     def __init__(
         self,
@@ -279,25 +319,30 @@ class MoE(nn.Module):
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
         implementation: str = "loop",
+        hash_vocab_size: int | None = None,
+        swiglu_limit: float | None = None,
     ):
         super().__init__()
         self.router = Router(
             embed_dim, num_experts, experts_per_token, scoring=scoring, renormalize=renormalize,
             num_groups=num_groups, groups_per_token=groups_per_token, group_score=group_score,
-            selection_bias=selection_bias, scaling_factor=scaling_factor,
+            selection_bias=selection_bias, scaling_factor=scaling_factor, hash_vocab_size=hash_vocab_size,
         )  # fmt: skip
-        self.experts = Experts(num_experts, embed_dim, hidden_dim, activation, gated)
+        self.experts = Experts(num_experts, embed_dim, hidden_dim, activation, gated, swiglu_limit)
         self.shared_experts = None
         if num_shared_experts:
-            kind = GatedFFN if gated else ClassicFFN
-            self.shared_experts = kind(embed_dim, num_shared_experts * hidden_dim, activation=activation, bias=shared_bias)
+            width = num_shared_experts * hidden_dim
+            if gated:
+                self.shared_experts = GatedFFN(embed_dim, width, activation=activation, bias=shared_bias, limit=swiglu_limit)
+            else:
+                self.shared_experts = ClassicFFN(embed_dim, width, activation=activation, bias=shared_bias)
         self.implementation = implementation
         self.last_routing: Routing | None = None
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: object | None = None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, d), N = B * T
-        routing = self.router(flat)
+        routing = self.router(flat, getattr(context, "ids", None))
         self.last_routing = routing
         if self.training:
             self.tokens_per_expert += torch.bincount(routing.experts.flatten(), minlength=self.router.num_experts)

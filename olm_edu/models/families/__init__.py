@@ -48,3 +48,4 @@ def text_model_type(wrapper: str) -> str | None:
 
 # One import per family module (each registers itself). Keep one per line, sorted.
 from olm_edu.models.families import deepseek_v32  # noqa: E402,F401
+from olm_edu.models.families import deepseek_v4  # noqa: E402,F401
