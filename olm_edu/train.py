@@ -395,3 +395,11 @@ def train(
                     bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{lr:.2e}")
         bar.close()
     return history
+
+
+if __name__ == "__main__":  # python -m olm_edu.train, or torchrun ... -m olm_edu.train: see olm_edu.training_run
+    import sys
+
+    from olm_edu.training_run import main
+
+    sys.exit(main())

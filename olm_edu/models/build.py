@@ -121,7 +121,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Co
         bias=cfg.qkv_bias,
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
-        position=cfg.position,
+        position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
         rope_theta=cfg.rope_theta,
         rope_scaling=cfg.rope_scaling,
         rope_layout=cfg.rope_layout,

@@ -55,6 +55,9 @@ class ModelConfig:
         rope_theta, rope_scaling (the transformers dict, e.g. {"rope_type": "llama3",
         "factor": 8.0, ...}, or None), rope_layout ("half": rotate_half as transformers;
         "interleaved": adjacent pairs as the RoPE paper), partial_rotary_factor.
+        nope_layers: indices of the layers whose attention has no positional encoding at all
+        ("NoPE": no rotation of queries and keys; Llama 4 every fourth layer, SmolLM3);
+        None: every layer rotates. Only with position="rope".
     Feed-forward
         ffn: "classic" (up, activation, down) or "glu" (down(act(gate x) * up x): SwiGLU with
         "silu", GeGLU with "gelu"/"gelu_tanh"). activation, ffn_bias.
@@ -141,6 +144,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     rope_layout: str = "half"
     partial_rotary_factor: float = 1.0
+    nope_layers: tuple[int, ...] | None = None
     # feed-forward
     ffn: str = "classic"
     activation: str = "gelu_tanh"
@@ -207,10 +211,12 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.layer_types is not None and not isinstance(self.layer_types, tuple):
-            object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        if not isinstance(self.hash_routed_layers, tuple):
-            object.__setattr__(self, "hash_routed_layers", tuple(self.hash_routed_layers))
+        for name in ("layer_types", "nope_layers", "hash_routed_layers"):  # lists (from JSON) become tuples
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.nope_layers == ():  # no NoPE layer is spelled None, so equal configs compare equal
+            object.__setattr__(self, "nope_layers", None)
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -248,6 +254,10 @@ class ModelConfig:
         """Whether layer `index` has routed experts (False for dense configs and the first
         first_dense_layers layers)."""
         return self.num_experts > 0 and index >= self.first_dense_layers
+
+    def uses_rope(self, index: int) -> bool:
+        """Whether layer `index` rotates its queries and keys (position="rope" and not a NoPE layer)."""
+        return self.position == "rope" and (self.nope_layers is None or index not in self.nope_layers)
 
     def layer_type(self, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index`."""
@@ -312,9 +322,10 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
-        compressed = set(cfg.layer_types) - {"full_attention", "sliding_attention"}
+        compressed = set(cfg.layer_types) & {"compressed_sparse_attention", "heavily_compressed_attention"}
         if compressed and cfg.attention != "compressed":
             raise ValueError(f"layer_types has {sorted(compressed)} layers, which need attention='compressed'")
+    _validate_nope_layers(cfg)
     if cfg.rope_scaling is not None and cfg.position != "rope":
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -325,6 +336,18 @@ def validate(cfg: ModelConfig) -> None:
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0 (0 switches it off)")
+
+
+def _validate_nope_layers(cfg: ModelConfig) -> None:
+    if cfg.nope_layers is None:
+        return
+    if cfg.position != "rope":
+        raise ValueError(f"nope_layers is set but position={cfg.position!r}; NoPE layers are layers left out of position='rope'")
+    for index in cfg.nope_layers:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
+            raise ValueError(f"nope_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
+    if list(cfg.nope_layers) != sorted(set(cfg.nope_layers)):
+        raise ValueError(f"nope_layers={cfg.nope_layers} must be sorted, without repeats")
 
 
 def _positive_or_zero(name: str, value: Any) -> None:
@@ -420,7 +443,7 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
-    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar"):
+    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar", "nope_layers"):
         if getattr(cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
     _validate_indexer(cfg)

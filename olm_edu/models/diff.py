@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from olm_edu.models.config import ModelConfig
 
 IGNORED = ("name", "notes", "family")
-ROPE_KNOBS = ("rope_theta", "rope_scaling", "rope_layout", "partial_rotary_factor")
+ROPE_KNOBS = ("rope_theta", "rope_scaling", "rope_layout", "partial_rotary_factor", "nope_layers")
 MOE_KNOBS = (
     "experts_per_token", "expert_hidden_dim", "num_shared_experts", "first_dense_layers", "router_scoring",
     "router_renormalize", "expert_groups", "groups_per_token", "router_group_score", "router_selection_bias",
