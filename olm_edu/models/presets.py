@@ -43,6 +43,8 @@ HUB_IDS = {
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
     "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
+    "DeepSeek-V4-Flash": "deepseek-ai/DeepSeek-V4-Flash",
+    "DeepSeek-V4-Pro": "deepseek-ai/DeepSeek-V4-Pro",
 }
 
 
