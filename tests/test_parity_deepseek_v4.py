@@ -105,9 +105,9 @@ def test_every_special_feature_changes_the_logits():
         attention.sinks.fill_(-1e4)  # a sink that takes no weight
         assert changed() > 1e-3
         attention.sinks.copy_(sinks)
-        moe.experts.limit = moe.shared_experts.limit = None
+        moe.experts.swiglu_limit = moe.shared_experts.limit = None
         assert changed() > 1e-3
-        moe.experts.limit = moe.shared_experts.limit = 0.5
+        moe.experts.swiglu_limit = moe.shared_experts.limit = 0.5
         table = moe.router.token_to_experts.clone()
         moe.router.token_to_experts.copy_(table.roll(1, dims=0))
         assert changed() > 1e-3

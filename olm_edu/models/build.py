@@ -9,7 +9,9 @@
       norm         the final norm
       head         logits, tied to `embed` or not, optionally soft-capped
 
-(post-norm puts the norm after each residual add instead, and has no final norm.)
+(post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
+(OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
+its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
 With hc_streams = n > 1 (DeepSeek-V4's hyper-connections) the residual is n streams: the
 embedding is copied into each, every sub-layer is a `HyperResidual` (same children, plus its
 `connection`), and `hc_head` folds the streams back into one before the final norm.
@@ -113,6 +115,7 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Co
             index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
+    rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
     return Attention(
         cfg.embed_dim,
         cfg.num_heads,
@@ -122,8 +125,8 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Co
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
         position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
-        rope_theta=cfg.rope_theta,
-        rope_scaling=cfg.rope_scaling,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         rope_layout=cfg.rope_layout,
         partial_rotary_factor=cfg.partial_rotary_factor,
         max_seq_len=cfg.max_seq_len,
@@ -134,6 +137,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | Co
         sliding_window=cfg.sliding_window if sliding else None,
         dropout=cfg.dropout,
         layer_index=index,
+        qk_norm_scope=cfg.qk_norm_scope,
+        norm_convention="gemma" if cfg.norm == "rmsnorm_gemma" else "llama",
+        sinks=cfg.attention_sinks,
     )
 
 
@@ -155,8 +161,11 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             group_score=cfg.router_group_score,
             selection_bias=cfg.router_selection_bias and index not in cfg.hash_routed_layers,
             scaling_factor=cfg.routed_scaling_factor,
-            hash_vocab_size=cfg.vocab_size if index in cfg.hash_routed_layers else None,
+            router_bias=cfg.router_bias,
+            expert_bias=cfg.expert_bias,
             swiglu_limit=cfg.swiglu_limit,
+            swiglu_alpha=cfg.swiglu_alpha,
+            hash_vocab_size=cfg.vocab_size if index in cfg.hash_routed_layers else None,
         )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
@@ -182,6 +191,11 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
         return Block(
             attn=HyperResidual(connection=connection(), norm=_norm(cfg), attention=_attention(cfg, index), dropout=dropout()),
             ffn=HyperResidual(connection=connection(), norm=_norm(cfg), mlp=_ffn(cfg, index), dropout=dropout()),
+        )
+    if cfg.norm_placement == "post_sublayer":  # OLMo 2/3: x + norm(sublayer(x))
+        return Block(
+            attn=Residual(attention=_attention(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
+            ffn=Residual(mlp=_ffn(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
         )
     sandwich = cfg.norm_placement == "sandwich"
     return Block(

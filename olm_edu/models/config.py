@@ -17,7 +17,8 @@ from typing import Any
 from olm_edu.choices import check_choice
 
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
-NORM_PLACEMENTS = ("pre", "post", "sandwich")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "post_sublayer")
+QK_NORM_SCOPES = ("head", "projection")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
@@ -49,7 +50,9 @@ class ModelConfig:
         norm: "layernorm" (GPT-2), "rmsnorm" (Llama convention: normalise in float32, cast
         back, multiply by weight), "rmsnorm_gemma" (x_normed * (1 + weight), cast after).
         norm_placement: "pre" (GPT-2 and later), "post" (the 2017 transformer), "sandwich"
-        (Gemma 2: a norm before and after each sub-layer). norm_eps, norm_bias.
+        (Gemma 2: a norm before and after each sub-layer), "post_sublayer" (OLMo 2/3: the norm
+        applied to the sub-layer's output inside the residual branch, x + norm(f(x)), and no
+        norm before it; a final norm as "pre"). norm_eps, norm_bias.
     Positions
         position: "learned" (GPT-2), "sinusoidal", "rope", "alibi", "none".
         rope_theta, rope_scaling (the transformers dict, e.g. {"rope_type": "llama3",
@@ -58,6 +61,10 @@ class ModelConfig:
         nope_layers: indices of the layers whose attention has no positional encoding at all
         ("NoPE": no rotation of queries and keys; Llama 4 every fourth layer, SmolLM3);
         None: every layer rotates. Only with position="rope".
+        rope_theta_local, rope_scaling_local: the RoPE of the sliding-window layers when it differs
+        from the full layers' (Gemma 3: base 10,000 locally, 1,000,000 and a scaling globally;
+        OLMo 3: the scaling on full layers only). None: every layer uses rope_theta and
+        rope_scaling; rope_scaling_local needs rope_theta_local.
     Feed-forward
         ffn: "classic" (up, activation, down) or "glu" (down(act(gate x) * up x): SwiGLU with
         "silu", GeGLU with "gelu"/"gelu_tanh"). activation, ffn_bias.
@@ -66,6 +73,13 @@ class ModelConfig:
         RoPE), attn_logit_softcap, query_pre_attn_scalar (scale = its -1/2 power; None:
         head_dim), sliding_window, layer_types (per layer "full_attention" or
         "sliding_attention"; None: all sliding if sliding_window else all full), causal.
+        qk_norm_scope: "head" (one RMSNorm of head_dim shared by every head: Qwen 3, Gemma 3) or
+        "projection" (OLMo 2/3: one RMSNorm over the whole query projection, num_heads * head_dim
+        wide, and one over the keys, num_kv_heads * head_dim, before splitting into heads).
+        The QK-norms follow `norm`'s convention (Gemma's (1 + w) for "rmsnorm_gemma").
+        attention_sinks (gpt-oss): each head learns one extra logit s_h that joins the softmax
+        denominator, softmax over [scores, s_h] with the sink's column dropped, so a head can put
+        its mass "nowhere" instead of on the first token.
     Multi-head latent attention (DeepSeek-V2/V3; see olm_edu.nn.mla)
         attention: "standard" (MHA/GQA/MQA, the knobs above) or "mla". With "mla", keys and
         values come out of a latent of kv_latent_dim per token (kv_lora_rank), queries out of
@@ -88,8 +102,8 @@ class ModelConfig:
         chosen by an indexer) or "heavily_compressed_attention" (one entry per hca_compress_rate
         tokens, all read). Compressed layers rotate with compress_rope_theta and rope_scaling
         (YaRN with attention factor 1); sliding layers with rope_theta, unscaled.
-        attention_sinks: a learned logit per head in the softmax. o_groups, o_latent_dim: the
-        grouped low-rank output projection.
+        attention_sinks (as gpt-oss's) on every layer. o_groups, o_latent_dim: the grouped
+        low-rank output projection.
     Hyper-connections (DeepSeek-V4's mHC; see olm_edu.nn.hyper_connections)
         hc_streams: residual streams per token (1: a plain residual); hc_sinkhorn_iters and
         hc_eps: the Sinkhorn-Knopp projection of the stream-mixing matrices.
@@ -105,10 +119,15 @@ class ModelConfig:
         router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
         a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
         balance); routed_scaling_factor (multiplies the routed experts' weights).
-        router_scoring "sqrtsoftplus" (DeepSeek-V4: sqrt(softplus(logits))); hash_routed_layers
-        (layers whose experts a fixed token-id table chooses, DeepSeek-V4's first three);
-        swiglu_limit (clamp the SwiGLU inputs of routed and shared experts: gate <= limit,
-        |up| <= limit; None: no clamp).
+        gpt-oss: router_bias (a learned bias on the router logits), expert_bias (biases on every
+        expert's gate, up and down projections), swiglu_limit (the clamped SwiGLU of its experts:
+        gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha *
+        gate), alpha = swiglu_alpha; None: the plain SwiGLU). Its router, softmax over the top-k
+        logits, is router_scoring="softmax" with router_renormalize=True (the same numbers).
+        DeepSeek-V4: router_scoring "sqrtsoftplus" (sqrt(softplus(logits))); hash_routed_layers
+        (layers whose experts a fixed token-id table chooses, V4's first three); swiglu_limit with
+        swiglu_alpha=None: the same clamps, then the plain act(gate) * up, on the routed experts
+        and the shared one.
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -158,6 +177,10 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     causal: bool = True
+    qk_norm_scope: str = "head"
+    attention_sinks: bool = False
+    rope_theta_local: float | None = None
+    rope_scaling_local: dict[str, Any] | None = None
     # multi-head latent attention
     attention: str = "standard"
     q_latent_dim: int | None = None
@@ -174,7 +197,6 @@ class ModelConfig:
     compress_rope_theta: float | None = None
     o_groups: int | None = None
     o_latent_dim: int | None = None
-    attention_sinks: bool = False
     # hyper-connections
     hc_streams: int = 1
     hc_sinkhorn_iters: int = 20
@@ -192,8 +214,11 @@ class ModelConfig:
     router_group_score: str = "max"
     router_selection_bias: bool = False
     routed_scaling_factor: float = 1.0
-    hash_routed_layers: tuple[int, ...] = ()
+    router_bias: bool = False
+    expert_bias: bool = False
     swiglu_limit: float | None = None
+    swiglu_alpha: float | None = 1.702
+    hash_routed_layers: tuple[int, ...] = ()
     # multi-token prediction
     mtp_layers: int = 0
     # embeddings and output
@@ -265,6 +290,12 @@ class ModelConfig:
             return self.layer_types[index]
         return "sliding_attention" if self.sliding_window else "full_attention"
 
+    def rope_of_layer(self, index: int) -> tuple[float, dict[str, Any] | None]:
+        """(theta, scaling) of layer `index`'s RoPE: the local pair on sliding layers when set."""
+        if self.rope_theta_local is not None and self.layer_type(index) == "sliding_attention":
+            return self.rope_theta_local, self.rope_scaling_local
+        return self.rope_theta, self.rope_scaling
+
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some knobs changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -332,6 +363,7 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"dropout={cfg.dropout} must be in [0, 1)")
     _validate_mla(cfg)
     _validate_moe(cfg)
+    _validate_frontier(cfg)
     _positive_or_zero("mtp_layers", cfg.mtp_layers)
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
@@ -360,7 +392,7 @@ _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim"
 
 _COMPRESSED_KNOBS = {
     "csa_compress_rate": None, "hca_compress_rate": None, "compress_rope_theta": None, "o_groups": None,
-    "o_latent_dim": None, "attention_sinks": False,
+    "o_latent_dim": None,
 }  # fmt: skip
 
 
@@ -473,7 +505,7 @@ def _validate_indexer(cfg: ModelConfig) -> None:
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
-    "hash_routed_layers": (), "swiglu_limit": None,
+    "router_bias": False, "expert_bias": False, "swiglu_limit": None, "hash_routed_layers": (),
 }  # fmt: skip
 
 
@@ -519,5 +551,32 @@ def _validate_moe(cfg: ModelConfig) -> None:
                 f"hash_routed_layers entry {index!r} must be the index of an MoE layer "
                 f"({cfg.first_dense_layers}..{cfg.num_layers - 1})"
             )
-    if cfg.swiglu_limit is not None and not cfg.swiglu_limit > 0:
-        raise ValueError(f"swiglu_limit={cfg.swiglu_limit!r} must be positive (or None for no clamp)")
+
+
+def _validate_frontier(cfg: ModelConfig) -> None:
+    """The 2025 knobs: QK-norm scope, sinks, per-layer RoPE, gpt-oss's clamped experts."""
+    check_choice("qk_norm_scope", cfg.qk_norm_scope, QK_NORM_SCOPES)
+    if cfg.qk_norm_scope != "head" and not cfg.qk_norm:
+        raise ValueError(f"qk_norm_scope={cfg.qk_norm_scope!r} needs qk_norm=True")
+    if cfg.attention_sinks and cfg.attention == "mla":
+        raise ValueError("attention_sinks=True is not supported with attention='mla'")
+    if cfg.rope_theta_local is not None:
+        if not cfg.rope_theta_local > 0:
+            raise ValueError(f"rope_theta_local={cfg.rope_theta_local!r} must be positive (or None)")
+    elif cfg.rope_scaling_local is not None:
+        raise ValueError("rope_scaling_local is set but rope_theta_local is None; set both (the sliding layers' RoPE)")
+    for name in ("rope_theta_local", "rope_scaling_local"):
+        if getattr(cfg, name) is not None and cfg.position != "rope":
+            raise ValueError(f"{name} is set but position={cfg.position!r}; it needs position='rope'")
+    if cfg.swiglu_limit is not None:
+        if not cfg.swiglu_limit > 0:
+            raise ValueError(f"swiglu_limit={cfg.swiglu_limit!r} must be positive (or None: no clamp)")
+        if cfg.ffn != "glu" or cfg.activation != "silu":
+            raise ValueError(
+                f"swiglu_limit clamps a SwiGLU: it needs ffn='glu' and activation='silu', got ffn={cfg.ffn!r}, "
+                f"activation={cfg.activation!r}"
+            )
+    if cfg.swiglu_alpha is not None and not cfg.swiglu_alpha > 0:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} must be positive (or None: the plain SwiGLU after the clamps)")
+    if cfg.swiglu_alpha != 1.702 and cfg.swiglu_limit is None:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} is a knob of the clamped SwiGLU; set swiglu_limit")

@@ -15,7 +15,7 @@
     hc_mult, hc_sinkhorn_iters, hc_eps       hc_streams, hc_sinkhorn_iters, hc_eps
     mlp_layer_types (hash_moe / moe)         hash_routed_layers (the hash_moe indices)
     scoring_func                             router_scoring (sqrtsoftplus, softmax, sigmoid)
-    swiglu_limit                             swiglu_limit (routed and shared experts)
+    swiglu_limit                             swiglu_limit (routed and shared experts; swiglu_alpha = None: V4's clamp feeds the plain SwiGLU)
     n_routed_experts, num_experts_per_tok,   num_experts, experts_per_token, expert_hidden_dim
       moe_intermediate_size                    (= hidden_dim: V4 has no dense feed-forward)
     routed_scaling_factor, mlp_bias          routed_scaling_factor, ffn_bias (shared expert)
@@ -190,6 +190,7 @@ def read(keys) -> dict[str, Any]:
         routed_scaling_factor=float(keys["routed_scaling_factor"]),
         hash_routed_layers=_hash_layers(keys, num_layers),
         swiglu_limit=None if keys["swiglu_limit"] is None else float(keys["swiglu_limit"]),
+        swiglu_alpha=None if keys["swiglu_limit"] is not None else 1.702,  # V4's clamp: plain SwiGLU after it
         tie_embeddings=bool(keys["tie_word_embeddings"]),
         init_std=float(keys["initializer_range"]),
     )
@@ -210,6 +211,10 @@ def write(cfg: ModelConfig) -> dict[str, Any]:
     for knob, needed in FIXED.items():
         if getattr(cfg, knob) != needed:
             raise ValueError(f"family='deepseek_v4' cannot express {knob}={getattr(cfg, knob)!r}: its class needs {needed!r}")
+    if cfg.swiglu_limit is not None and cfg.swiglu_alpha is not None:
+        raise ValueError(f"family='deepseek_v4' cannot express swiglu_alpha={cfg.swiglu_alpha}: its clamped SwiGLU is the plain one (None)")
+    if cfg.router_bias or cfg.expert_bias:
+        raise ValueError("family='deepseek_v4' cannot express router_bias or expert_bias (gpt-oss's)")
     if cfg.hc_streams < 2:
         raise ValueError(f"family='deepseek_v4' cannot express hc_streams={cfg.hc_streams}: its class always has hyper-connections")
     types = [cfg.layer_type(i) for i in range(cfg.num_layers)]
