@@ -55,14 +55,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from olm_edu.choices import check_choice
-from olm_edu.nn.attention import attention_mask
+from olm_edu.nn.attention import attend, attention_mask
 from olm_edu.nn.blocks import Context
 from olm_edu.nn.hyper_connections import unit_rms
 from olm_edu.nn.indexer import top_k_mask
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, apply_rotary
 
-__all__ = ["CompressedAttention", "KVCompressor", "CompressedIndexer", "COMPRESSIONS", "rotate_trailing", "attend_with_sinks"]
+__all__ = ["CompressedAttention", "KVCompressor", "CompressedIndexer", "COMPRESSIONS", "rotate_trailing", "complete_blocks"]
 
 # layer type -> the compression of its long-range entries
 COMPRESSIONS = {
@@ -79,25 +79,6 @@ def rotate_trailing(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     """
     rotary_dim = cos.shape[-1]
     return torch.cat([x[..., :-rotary_dim], apply_rotary(x[..., -rotary_dim:], cos, sin, "interleaved")], dim=-1)
-
-
-def attend_with_sinks(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, sinks: torch.Tensor | None
-) -> torch.Tensor:
-    """softmax over [q k^T * scale (masked), sink_h] of each row, the sink's share dropped, times v.
-
-    Shapes: q (B, H, T, d), k and v (B, 1, T_k, d), allowed (B or 1, 1, T, T_k), sinks (H,)
-        -> (B, H, T, d)
-    """
-    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T_k): k broadcasts over the heads
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    if sinks is not None:
-        sink = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
-        scores = torch.cat([scores, sink], dim=-1)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    if sinks is not None:
-        weights = weights[..., :-1]
-    return weights @ v
 
 
 class KVCompressor(nn.Module):
@@ -336,7 +317,9 @@ class CompressedAttention(nn.Module):
             kv = torch.cat([kv, entries[:, None]], dim=2)
             allowed = torch.cat([allowed.expand(batch, -1, -1, -1), readable[:, None]], dim=-1)
 
-        out = attend_with_sinks(q, kv, kv, allowed, self.head_dim**-0.5, self.sinks)  # (B, H, T, d)
+        # the shared head broadcasts over the query heads; the mask differs per batch row (the
+        # indexer's choice), which the explicit path takes as it is
+        out = attend(q, kv, kv, allowed, scale=self.head_dim**-0.5, implementation="explicit", sinks=self.sinks)
         out = rotate_trailing(out, cos, -sin)  # undo the values' rotation at the query's position
         grouped = out.transpose(1, 2).reshape(batch, length, self.o_groups, -1)  # (B, T, g, H d / g)
         weight = self.o_down_proj.weight.view(self.o_groups, -1, grouped.shape[-1])  # (g, r_o, H d / g)
