@@ -16,6 +16,12 @@ F = hidden_dim::
                beta d*H_v, decay d*H_v (per head) or d*h_k + h_k*H_v*h_k (per channel, low rank),
                output gate d*H_v*h_v (or d*h_v + h_v*H_v*h_v, low rank), A_log H_v, dt_bias H_v
                (or H_v*h_k), its gated norm h_v, o H_v*h_v*d
+               compressed attention (DeepSeek-V4, D = head_size, g = o_groups, r_o = o_latent_dim):
+               q: d*r_q + r_q*H*D;  kv: d*D + D (its norm);  o: H*D*r_o + g*r_o*d;  sinks: H;
+               compressor of rate m, s series (CSA: s = 2, HCA: 1): 2*d*s*D + m*s*D + D; a CSA
+               layer's indexer adds its own compressor (width h_I, s = 2), r_q*H_I*h_I and d*H_I
+    hyper-connections (n = hc_streams > 1) two per layer, (2 + n)*n*(n*d + 1) + 3 each, and a
+               head n*n*d + n + 1 ("hyper_connections" in by_component)
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
                MoE layer (E experts of width F_e, k per token, S shared): router E*d (+ E with
                router_bias), experts E*3*d*F_e (+ E*(2*F_e + d) with expert_bias), shared experts
@@ -114,6 +120,37 @@ def _indexer_params(cfg: ModelConfig) -> int:
     return cfg.q_latent_dim * heads * width + d * width + 2 * width + d * heads
 
 
+def _compressor_params(cfg: ModelConfig, width: int, rate: int, series: int) -> int:
+    """A KVCompressor: kv and gate projections, the per-slot position bias, the entries' norm."""
+    return 2 * cfg.embed_dim * series * width + rate * series * width + width
+
+
+def _compressed_attention_params(cfg: ModelConfig, index: int) -> int:
+    """Layer `index` of DeepSeek-V4's attention (its query-latent norm is counted as a norm)."""
+    d, heads, width, latent = cfg.embed_dim, cfg.num_heads, cfg.head_size, cfg.q_latent_dim
+    params = d * latent + latent * heads * width  # queries through the latent
+    params += d * width + width  # the one key-value head and its norm
+    params += heads * width * cfg.o_latent_dim + cfg.o_groups * cfg.o_latent_dim * d  # grouped low-rank output
+    params += heads if cfg.attention_sinks else 0
+    kind = cfg.layer_type(index)
+    if kind == "compressed_sparse_attention":
+        params += _compressor_params(cfg, width, cfg.csa_compress_rate, 2)
+        params += _compressor_params(cfg, cfg.index_head_dim, cfg.csa_compress_rate, 2)  # the indexer's keys
+        params += latent * cfg.index_heads * cfg.index_head_dim + d * cfg.index_heads
+    elif kind == "heavily_compressed_attention":
+        params += _compressor_params(cfg, width, cfg.hca_compress_rate, 1)
+    return params
+
+
+def _hyper_connection_params(cfg: ModelConfig) -> int:
+    """Two HyperConnections per layer and the HyperHead (0 without hyper-connections)."""
+    n, d = cfg.hc_streams, cfg.embed_dim
+    if n == 1:
+        return 0
+    connection = (2 + n) * n * (n * d + 1) + 3  # fn, base, and the three scales
+    return cfg.num_layers * 2 * connection + n * n * d + n + 1
+
+
 def _attention_params(cfg: ModelConfig) -> int:
     """One layer's q, k, v, o projections and their biases."""
     if cfg.attention == "mla":
@@ -147,7 +184,9 @@ def _linear_attention_params(cfg: ModelConfig) -> int:
 
 
 def _mixer_params(cfg: ModelConfig, index: int) -> int:
-    """Layer `index`'s token mixer: softmax attention (standard or latent) or linear attention."""
+    """Layer `index`'s token mixer: softmax attention (standard, latent or compressed) or linear attention."""
+    if cfg.attention == "compressed":
+        return _compressed_attention_params(cfg, index)
     if cfg.layer_type(index) == "linear_attention":
         return _linear_attention_params(cfg)
     return _attention_params(cfg)
@@ -200,6 +239,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         "norms": _norm_params(cfg),
         "head": (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim) + cfg.vocab_size * cfg.lm_head_bias,
     }
+    if cfg.hc_streams > 1:
+        parts["hyper_connections"] = _hyper_connection_params(cfg)
     total = sum(parts.values())
     embedding = parts["embeddings"] + parts["positions"] + parts["head"]
     active = total - sum(total - used for total, used in ffn)
@@ -268,6 +309,9 @@ def kv_cache_bytes(
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
+    if cfg.attention == "compressed":
+        numbers = sum(_compressed_cache_numbers(cfg, layer, seq_len) for layer in range(cfg.num_layers))
+        return _bytes(numbers * batch_size, dtype)
     tokens = sum(_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers))
     return _bytes(cache_width(cfg) * tokens * batch_size, dtype)
 
@@ -295,6 +339,45 @@ def state_bytes(
     kv_cache_bytes; for a hybrid, the linear layers add a constant."""
     _check_positive("batch_size", batch_size)
     return kv_cache_bytes(cfg, seq_len, dtype, batch_size) + _bytes(linear_state_numel(cfg) * batch_size, state_dtype)
+
+
+def _compressed_cache_numbers(cfg: ModelConfig, layer: int, seq_len: int) -> int:
+    """Numbers one DeepSeek-V4 layer caches after seq_len tokens: the window's keys (= values,
+    one head of head_dim), plus one entry of head_dim per complete block (CSA: and the indexer's
+    compressed key of index_head_dim). The < rate tokens of an unfinished block, kept projected
+    until it completes, and CSA's carried half-block are left out (bounded, not growing)."""
+    width = cfg.head_size
+    numbers = min(seq_len, cfg.sliding_window) * width
+    kind = cfg.layer_type(layer)
+    if kind == "compressed_sparse_attention":
+        numbers += seq_len // cfg.csa_compress_rate * (width + cfg.index_head_dim)
+    elif kind == "heavily_compressed_attention":
+        numbers += seq_len // cfg.hca_compress_rate * width
+    return numbers
+
+
+def kv_cache_by_layer_type(
+    cfg: ModelConfig, seq_len: int, dtype: torch.dtype | str = torch.bfloat16
+) -> dict[str, dict[str, float]]:
+    """For each layer type present: {"layers": how many, "bytes_per_layer": the cache of one such
+    layer after seq_len tokens, "bytes_per_token": that divided by seq_len} (batch 1).
+
+    Compressed attention (DeepSeek-V4) is where the types differ: a sliding layer's cache stops at
+    the window, a CSA layer's grows by (head_dim + index_head_dim) / csa_compress_rate numbers a
+    token, an HCA layer's by head_dim / hca_compress_rate. Other attentions cache cache_width
+    numbers per token seen (fewer on a sliding layer)."""
+    _check_positive("seq_len", seq_len)
+    out: dict[str, dict[str, float]] = {}
+    for layer in range(cfg.num_layers):
+        kind = cfg.layer_type(layer)
+        if cfg.attention == "compressed":
+            numbers = _compressed_cache_numbers(cfg, layer, seq_len)
+        else:
+            numbers = _tokens_seen(cfg, layer, seq_len) * cache_width(cfg)
+        entry = out.setdefault(kind, {"layers": 0, "bytes_per_layer": _bytes(numbers, dtype)})
+        entry["layers"] += 1
+        entry["bytes_per_token"] = entry["bytes_per_layer"] / seq_len
+    return out
 
 
 def cache_width(cfg: ModelConfig) -> int:
@@ -328,6 +411,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     O(d^2)). "forward" is the sum; "training" = 3 * forward (backward costs twice forward).
     """
     _check_positive("seq_len", seq_len)
+    if cfg.attention == "compressed":
+        return _compressed_flops_per_token(cfg, seq_len)
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     if cfg.attention == "mla":
         no_bias = cfg.replace(qkv_bias=False, attn_out_bias=False)
@@ -357,6 +442,43 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     return flops
 
 
+def _compressed_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    """flops_per_token for DeepSeek-V4: "attention" is 2 * its weight matrices (compressors and
+    indexer included: every token is projected by them; position biases, norms and sinks are
+    not matmuls and are left out); "attention_scores" is, per layer, 2 * 2 * entries read *
+    num_heads * head_dim with entries read = min(seq_len, window) + the compressed entries
+    (CSA: min(complete blocks, index_topk); HCA: all complete blocks), plus the CSA indexer's
+    2 * blocks * index_heads * (index_head_dim + 1). Hyper-connections add their projections."""
+    attention = scores = 0
+    heads, width = cfg.num_heads, cfg.head_size
+    for layer in range(cfg.num_layers):
+        kind = cfg.layer_type(layer)
+        weights = _compressed_attention_params(cfg, layer) - (heads if cfg.attention_sinks else 0) - width
+        read = min(seq_len, cfg.sliding_window)
+        if kind == "compressed_sparse_attention":
+            rate = cfg.csa_compress_rate
+            weights -= rate * 2 * (width + cfg.index_head_dim) + width + cfg.index_head_dim  # position biases, norms
+            blocks = seq_len // rate
+            read += min(blocks, cfg.index_topk)
+            scores += 2 * blocks * cfg.index_heads * (cfg.index_head_dim + 1)
+        elif kind == "heavily_compressed_attention":
+            weights -= cfg.hca_compress_rate * width + width
+            read += seq_len // cfg.hca_compress_rate
+        attention += 2 * weights
+        scores += 2 * 2 * read * heads * width
+    n, d = cfg.hc_streams, cfg.embed_dim
+    hyper = 0 if n == 1 else 2 * (cfg.num_layers * 2 * (2 + n) * n * n * d + n * n * d)
+    no_ffn_bias = cfg.replace(ffn_bias=False)
+    flops = {
+        "attention": attention,
+        "attention_scores": scores,
+        "hyper_connections": hyper,
+        "ffn": 2 * sum(_ffn_params(no_ffn_bias, index)[1] for index in range(cfg.num_layers)),
+        "head": 2 * d * cfg.vocab_size,
+    }
+    flops["forward"] = sum(flops.values())
+    flops["training"] = 3 * flops["forward"]
+    return flops
 # ---------------------------------------------------------------------------
 # Training memory per rank (lesson 25)
 # ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@ def test_components_sum_to_the_total_and_embedding_plus_rest_is_the_total(name):
         assert count.active == count.total  # dense: every parameter is used for every token
     else:
         assert count.active < count.total  # a token skips the experts it does not choose
-    assert set(count.by_component) == {"embeddings", "positions", "attention", "ffn", "norms", "head"}
+    hyper = {"hyper_connections"} if preset(name).hc_streams > 1 else set()  # DeepSeek-V4's mHC
+    assert set(count.by_component) == {"embeddings", "positions", "attention", "ffn", "norms", "head"} | hyper
 
 
 def test_gpt2_non_embedding_count_is_kaplans_12_layers_d_squared_plus_biases_and_norms():

@@ -36,6 +36,9 @@ CHANGES = {
     "attn_output_gate": lambda cfg: dict(attn_output_gate=not cfg.attn_output_gate),
     "shared_expert_hidden_dim": lambda cfg: dict(shared_expert_hidden_dim=(cfg.shared_expert_hidden_dim or 8) + 8),
     "shared_expert_gate": lambda cfg: dict(shared_expert_gate=not cfg.shared_expert_gate),
+    "hc_streams": lambda cfg: dict(hc_streams=2 if cfg.hc_streams == 1 else 1),
+    "hash_routed_layers": lambda cfg: dict(hash_routed_layers=() if cfg.hash_routed_layers else (cfg.num_layers - 1,)),
+    "router_scoring": lambda cfg: dict(router_scoring="sqrtsoftplus" if cfg.router_scoring != "sqrtsoftplus" else "sigmoid"),
     "linear_attention": lambda cfg: dict(layer_types=("linear_attention",) + tuple(cfg.layer_type(i) for i in range(1, cfg.num_layers))),
 }
 

@@ -143,7 +143,7 @@ def test_deepseek_v3_caches_576_numbers_a_token_per_layer():
         (dict(rope_head_dim=7), "rope_head_dim=7 must be even"),
         (dict(num_kv_heads=2), "num_kv_heads=2 must be None"),
         (dict(attention="standard"), "kv_latent_dim=16 is a knob of attention='mla'"),
-        (dict(attention="latent"), r"attention='latent' is not one of \('standard', 'mla'\)"),
+        (dict(attention="latent"), r"attention='latent' is not one of \('standard', 'mla', 'compressed'\)"),
         (dict(qk_norm=True), "qk_norm=True is not supported with attention='mla'"),
     ],
 )

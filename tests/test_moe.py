@@ -180,7 +180,7 @@ def test_classic_moe_alias_has_no_gate():
     "kwargs, message",
     [
         (dict(experts_per_token=5), r"experts_per_token=5 must be in \[1, num_experts=4\]"),
-        (dict(scoring="relu"), r"scoring='relu' is not one of \('softmax', 'sigmoid'\)"),
+        (dict(scoring="relu"), r"scoring='relu' is not one of \('softmax', 'sigmoid', 'sqrtsoftplus'\)"),
         (dict(group_score="mean"), r"group_score='mean' is not one of \('max', 'top2_sum'\)"),
         (dict(num_groups=3), "num_groups=3 must divide num_experts=4"),
         (dict(implementation="parallel"), r"implementation='parallel' is not one of \('loop', 'batched'\)"),
@@ -306,7 +306,7 @@ def test_aux_loss_free_bias_updates_alone_spread_the_load():
         (dict(expert_groups=3), "num_experts=4 must be divisible by expert_groups=3"),
         (dict(expert_groups=2, groups_per_token=3), "groups_per_token=3 must be <= expert_groups=2"),
         (dict(expert_groups=4, groups_per_token=1), "experts_per_token=2 is more than the groups_per_token=1"),
-        (dict(router_scoring="relu"), r"router_scoring='relu' is not one of \('softmax', 'sigmoid'\)"),
+        (dict(router_scoring="relu"), r"router_scoring='relu' is not one of \('softmax', 'sigmoid', 'sqrtsoftplus'\)"),
         (dict(first_dense_layers=4), "first_dense_layers=4 must be <= num_layers=3"),
         (dict(num_experts=0), "experts_per_token=2 is a mixture-of-experts knob, but num_experts=0"),
         (dict(load_balance_coef=-1.0), "load_balance_coef=-1.0 must be >= 0"),

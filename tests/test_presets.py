@@ -49,6 +49,11 @@ PUBLISHED_TOTALS = {
     # "685B" adds the MTP layer; this total is transformers' own meta-device count, see
     # tests/test_parity_deepseek_sparse.py)
     "DeepSeek-V3.2-Exp": 671_877_929_216,
+    # DeepSeek-V4 (config.json written from the model cards and transformers' defaults, see
+    # olm_edu/models/families/deepseek_v4.py): the cards say 284B and 1.6T; these totals are
+    # transformers' own meta-device counts (tests/test_parity_deepseek_v4.py)
+    "DeepSeek-V4-Flash": 284_332_230_231,
+    "DeepSeek-V4-Pro": 1_572_973_188_067,
     # Part III. gpt-oss: the model cards' 20.91B and 116.83B (here from the transformers model
     # built on the meta device from the published config.json: the same number)
     "gpt-oss-20b": 20_914_757_184,

@@ -12,9 +12,9 @@
 (post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
 (OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
 its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
-`attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), `LinearAttention` (the
-gated delta rule) on the layers whose layer type is "linear_attention" (Qwen3-Next, Kimi
-Linear), and `mlp` is an `MoE`
+`attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), `CompressedAttention`
+when cfg.attention == "compressed" (DeepSeek-V4), `LinearAttention` (the gated delta rule) on the
+layers whose layer type is "linear_attention" (Qwen3-Next, Kimi Linear), and `mlp` is an `MoE`
 (router + experts) on the layers where cfg.is_moe_layer(index) (all but the first
 first_dense_layers when num_experts > 0). Parameter names come out readable:
 `layers.3.attn.attention.q_proj.weight`, `layers.3.ffn.mlp.experts.gate_proj`.
@@ -40,6 +40,8 @@ from olm_edu.models.config import ModelConfig
 from olm_edu.nn.attention import IMPLEMENTATIONS, Attention
 from olm_edu.nn.blocks import Block, Context, Repeat, Residual
 from olm_edu.nn.cache import KVCache
+from olm_edu.nn.compressed_attention import CompressedAttention
+from olm_edu.nn.hyper_connections import HyperConnection, HyperHead, HyperResidual, widen
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 from olm_edu.nn.head import OutputHead
 from olm_edu.nn.linear_attention import LINEAR_IMPLEMENTATIONS, VARIANTS, LinearAttention
@@ -58,6 +60,33 @@ def _norm(cfg: ModelConfig) -> nn.Module:
     return make_norm(cfg.norm, cfg.embed_dim, cfg.norm_eps, bias=cfg.norm_bias)
 
 
+def _compressed_attention(cfg: ModelConfig, index: int) -> CompressedAttention:
+    kind = cfg.layer_type(index)
+    rate = {"compressed_sparse_attention": cfg.csa_compress_rate, "heavily_compressed_attention": cfg.hca_compress_rate}
+    return CompressedAttention(
+        cfg.embed_dim,
+        cfg.num_heads,
+        cfg.head_size,
+        q_latent_dim=cfg.q_latent_dim,
+        rope_head_dim=cfg.rope_head_dim,
+        o_groups=cfg.o_groups,
+        o_latent_dim=cfg.o_latent_dim,
+        sliding_window=cfg.sliding_window,
+        layer_type=kind,
+        compress_rate=rate.get(kind),
+        rope_theta=cfg.rope_theta,
+        compress_rope_theta=cfg.compress_rope_theta or cfg.rope_theta,
+        rope_scaling=cfg.rope_scaling,
+        max_seq_len=cfg.max_seq_len,
+        norm_eps=cfg.norm_eps,
+        attention_sinks=cfg.attention_sinks,
+        index_topk=cfg.index_topk,
+        index_heads=cfg.index_heads,
+        index_head_dim=cfg.index_head_dim,
+        layer_index=index,
+    )
+
+
 def _linear_attention(cfg: ModelConfig, index: int) -> LinearAttention:
     return LinearAttention(
         cfg.embed_dim,
@@ -73,9 +102,11 @@ def _linear_attention(cfg: ModelConfig, index: int) -> LinearAttention:
     )
 
 
-def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | LinearAttention:
+def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention | LinearAttention | CompressedAttention:
     if cfg.layer_type(index) == "linear_attention":
         return _linear_attention(cfg, index)
+    if cfg.attention == "compressed":
+        return _compressed_attention(cfg, index)
     if cfg.attention == "mla":
         return LatentAttention(
             cfg.embed_dim,
@@ -152,7 +183,7 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             num_groups=cfg.expert_groups,
             groups_per_token=cfg.groups_per_token,
             group_score=cfg.router_group_score,
-            selection_bias=cfg.router_selection_bias,
+            selection_bias=cfg.router_selection_bias and index not in cfg.hash_routed_layers,
             scaling_factor=cfg.routed_scaling_factor,
             weighting=cfg.router_weighting,
             router_bias=cfg.router_bias,
@@ -161,6 +192,7 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             swiglu_alpha=cfg.swiglu_alpha,
             shared_hidden_dim=cfg.shared_expert_hidden_dim,
             shared_gate=cfg.shared_expert_gate,
+            hash_vocab_size=cfg.vocab_size if index in cfg.hash_routed_layers else None,
         )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
@@ -175,6 +207,17 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
             attn_norm=_norm(cfg),
             ffn=Residual(mlp=_ffn(cfg, index), dropout=dropout()),
             ffn_norm=_norm(cfg),
+        )
+    if cfg.hc_streams > 1:  # hyper-connections: each sub-layer reads and writes n streams
+
+        def connection() -> HyperConnection:
+            return HyperConnection(
+                cfg.embed_dim, cfg.hc_streams, sinkhorn_iters=cfg.hc_sinkhorn_iters, eps=cfg.hc_eps, norm_eps=cfg.norm_eps
+            )
+
+        return Block(
+            attn=HyperResidual(connection=connection(), norm=_norm(cfg), attention=_attention(cfg, index), dropout=dropout()),
+            ffn=HyperResidual(connection=connection(), norm=_norm(cfg), mlp=_ffn(cfg, index), dropout=dropout()),
         )
     if cfg.norm_placement == "post_sublayer":  # OLMo 2/3: x + norm(sublayer(x))
         return Block(
@@ -205,6 +248,9 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = Repeat(cfg.num_layers, lambda index: _layer(cfg, index))
         self.norm = None if cfg.norm_placement == "post" else _norm(cfg)
+        self.hc_head = None
+        if cfg.hc_streams > 1:
+            self.hc_head = HyperHead(cfg.embed_dim, cfg.hc_streams, eps=cfg.hc_eps, norm_eps=cfg.norm_eps)
         self.head = OutputHead(
             cfg.embed_dim,
             cfg.vocab_size,
@@ -237,7 +283,11 @@ class Transformer(nn.Module):
         if self.positions is not None:
             h = h + self.positions(positions)
         h = self.dropout(h)
-        h = self.layers(h, Context(positions, cache))
+        if self.hc_head is not None:
+            h = widen(h, self.config.hc_streams)  # (B, T, n, d)
+        h = self.layers(h, Context(positions, cache, ids))
+        if self.hc_head is not None:
+            h = self.hc_head(h)  # (B, T, d)
         if cache is not None:
             cache.seen_tokens = start + ids.shape[1]
         return h if self.norm is None else self.norm(h)
@@ -345,6 +395,9 @@ def init_weights(model: Transformer) -> Transformer:
             nn.init.normal_(module.weight, 0.0, cfg.init_std)
             if module.selection_bias is not None:
                 nn.init.zeros_(module.selection_bias)
+            if module.token_to_experts is not None:  # hash routing: k distinct random experts per token id
+                table = torch.rand(module.token_to_experts.shape[0], module.num_experts).argsort(dim=-1)
+                module.token_to_experts.copy_(table[:, : module.experts_per_token])
         elif isinstance(module, MoE):  # the experts' 3-D weights; down_proj writes into the stream
             for weight_name in ("gate_proj", "up_proj", "down_proj"):
                 weight = getattr(module.experts, weight_name)
@@ -384,7 +437,7 @@ def set_attention_implementation(model: nn.Module, implementation: str) -> nn.Mo
         raise ValueError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
     for module in model.modules():
         if isinstance(module, (Attention, LatentAttention)):
-            module.implementation = implementation
+            module.implementation = implementation  # (CompressedAttention computes its sinks explicitly)
     return model
 
 

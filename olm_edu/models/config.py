@@ -23,10 +23,14 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
-LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
+LAYER_TYPES = (
+    "full_attention", "sliding_attention", "chunked_attention", "linear_attention",
+    "compressed_sparse_attention", "heavily_compressed_attention",
+)  # fmt: skip
 LINEAR_ATTENTIONS = ("gated_deltanet", "kimi_delta")
-ATTENTIONS = ("standard", "mla")
-ROUTER_SCORINGS = ("softmax", "sigmoid")
+COMPRESSED_LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+ATTENTIONS = ("standard", "mla", "compressed")
+ROUTER_SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus")
 ROUTER_GROUP_SCORES = ("max", "top2_sum")
 ROUTER_WEIGHTINGS = ("output", "input")
 FAMILIES = (
@@ -99,7 +103,21 @@ class ModelConfig:
         index_topk: each query attends only to the index_topk keys a lightning indexer scores
         highest (None: every key); the indexer has index_heads heads of index_head_dim, reads
         its queries from the query latent (so it needs q_latent_dim) and caches one key of
-        index_head_dim per token. Only with attention="mla".
+        index_head_dim per token. With attention="mla" (V3.2) or on the CSA layers of
+        attention="compressed" (V4, which picks among compressed entries).
+    Compressed attention (DeepSeek-V4; see olm_edu.nn.compressed_attention)
+        attention="compressed": one shared key-value head (key = value) of head_dim, queries
+        through q_latent_dim, RoPE on the last rope_head_dim dims, a sliding_window on every
+        layer, plus per layer_types entry: "sliding_attention" (nothing more),
+        "compressed_sparse_attention" (one entry per csa_compress_rate tokens, top index_topk
+        chosen by an indexer) or "heavily_compressed_attention" (one entry per hca_compress_rate
+        tokens, all read). Compressed layers rotate with compress_rope_theta and rope_scaling
+        (YaRN with attention factor 1); sliding layers with rope_theta, unscaled.
+        attention_sinks (as gpt-oss's) on every layer. o_groups, o_latent_dim: the grouped
+        low-rank output projection.
+    Hyper-connections (DeepSeek-V4's mHC; see olm_edu.nn.hyper_connections)
+        hc_streams: residual streams per token (1: a plain residual); hc_sinkhorn_iters and
+        hc_eps: the Sinkhorn-Knopp projection of the stream-mixing matrices.
     Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
@@ -132,6 +150,10 @@ class ModelConfig:
         shared_expert_hidden_dim (None: num_shared_experts * expert width) and
         shared_expert_gate (the shared expert's output scaled by sigmoid(w . x), Qwen3-Next);
         dense_layers: layers whose feed-forward stays dense in an MoE model (mlp_only_layers).
+        DeepSeek-V4: router_scoring "sqrtsoftplus" (sqrt(softplus(logits))); hash_routed_layers
+        (layers whose experts a fixed token-id table chooses, V4's first three); swiglu_limit with
+        swiglu_alpha=None: the same clamps, then the plain act(gate) * up, on the routed experts
+        and the shared one.
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -200,6 +222,16 @@ class ModelConfig:
     index_topk: int | None = None
     index_heads: int | None = None
     index_head_dim: int | None = None
+    # compressed attention (DeepSeek-V4)
+    csa_compress_rate: int | None = None
+    hca_compress_rate: int | None = None
+    compress_rope_theta: float | None = None
+    o_groups: int | None = None
+    o_latent_dim: int | None = None
+    # hyper-connections
+    hc_streams: int = 1
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int | None = None
@@ -217,7 +249,8 @@ class ModelConfig:
     router_bias: bool = False
     expert_bias: bool = False
     swiglu_limit: float | None = None
-    swiglu_alpha: float = 1.702
+    swiglu_alpha: float | None = 1.702
+    hash_routed_layers: tuple[int, ...] = ()
     # multi-token prediction
     mtp_layers: int = 0
     # linear attention (hybrid models) and their full layers' and experts' extras
@@ -246,7 +279,7 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("layer_types", "nope_layers", "dense_layers"):  # lists (from JSON) become tuples: hashable, comparable
+        for name in ("layer_types", "nope_layers", "dense_layers", "hash_routed_layers"):  # lists (from JSON) become tuples: hashable, comparable
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -385,6 +418,9 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        compressed = set(cfg.layer_types) & {"compressed_sparse_attention", "heavily_compressed_attention"}
+        if compressed and cfg.attention != "compressed":
+            raise ValueError(f"layer_types has {sorted(compressed)} layers, which need attention='compressed'")
         if "chunked_attention" in cfg.layer_types and cfg.attention_chunk_size is None:
             raise ValueError("layer_types has chunked_attention layers but attention_chunk_size is None")
     _validate_llama4_attention(cfg)
@@ -441,8 +477,70 @@ def _positive_or_zero(name: str, value: Any) -> None:
 _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
 
 
+_COMPRESSED_KNOBS = {
+    "csa_compress_rate": None, "hca_compress_rate": None, "compress_rope_theta": None, "o_groups": None,
+    "o_latent_dim": None,
+}  # fmt: skip
+
+
+def _validate_compressed(cfg: ModelConfig) -> None:
+    """DeepSeek-V4's attention: its required knobs, and the MLA knobs it has no use for."""
+    if cfg.attention != "compressed":
+        for name, off in _COMPRESSED_KNOBS.items():
+            if getattr(cfg, name) != off:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='compressed'")
+        return
+    for name in ("q_latent_dim", "rope_head_dim", "o_groups", "o_latent_dim", "sliding_window", "head_dim"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"attention='compressed' needs {name} (got None)")
+        _positive(name, getattr(cfg, name))
+    for name in ("kv_latent_dim", "value_head_dim"):
+        if getattr(cfg, name) is not None:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='compressed'")
+    if cfg.kv_heads != 1:
+        raise ValueError(f"attention='compressed' has one shared key-value head: num_kv_heads={cfg.num_kv_heads} must be 1")
+    if cfg.position != "rope" or cfg.rope_head_dim > cfg.head_size or cfg.rope_head_dim % 2:
+        raise ValueError(
+            f"attention='compressed' needs position='rope' and an even rope_head_dim <= head_dim "
+            f"(got position={cfg.position!r}, rope_head_dim={cfg.rope_head_dim}, head_dim={cfg.head_dim})"
+        )
+    if cfg.num_heads * cfg.head_size % cfg.o_groups:
+        raise ValueError(f"num_heads * head_dim = {cfg.num_heads * cfg.head_size} must be divisible by o_groups={cfg.o_groups}")
+    types = set(cfg.layer_type(i) for i in range(cfg.num_layers))
+    for kind in types:
+        check_choice("layer_types entry", kind, COMPRESSED_LAYER_TYPES)
+    needs = {"compressed_sparse_attention": ("csa_compress_rate", "index_topk"), "heavily_compressed_attention": ("hca_compress_rate",)}
+    for kind, names in needs.items():
+        for name in names:
+            if kind in types and getattr(cfg, name) is None:
+                raise ValueError(f"layer_types has {kind} layers, which need {name}")
+    for name in ("csa_compress_rate", "hca_compress_rate"):
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    if types != {"sliding_attention"} and cfg.compress_rope_theta is None:
+        raise ValueError("compressed layers need compress_rope_theta")
+    for name in ("qk_norm", "attn_logit_softcap", "query_pre_attn_scalar"):
+        if getattr(cfg, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='compressed'")
+    if cfg.index_topk is not None:
+        _validate_indexer(cfg)
+
+
+def _validate_hyper_connections(cfg: ModelConfig) -> None:
+    _positive("hc_streams", cfg.hc_streams)
+    _positive("hc_sinkhorn_iters", cfg.hc_sinkhorn_iters)
+    if not cfg.hc_eps >= 0:
+        raise ValueError(f"hc_eps={cfg.hc_eps!r} must be >= 0")
+    if cfg.hc_streams > 1 and cfg.norm_placement != "pre":
+        raise ValueError(f"hc_streams={cfg.hc_streams} needs norm_placement='pre', got {cfg.norm_placement!r}")
+
+
 def _validate_mla(cfg: ModelConfig) -> None:
     check_choice("attention", cfg.attention, ATTENTIONS)
+    _validate_compressed(cfg)
+    _validate_hyper_connections(cfg)
+    if cfg.attention == "compressed":
+        return
     if cfg.attention == "standard":
         for name in (*_MLA_KNOBS, "index_topk", "index_heads", "index_head_dim"):
             if getattr(cfg, name) is not None:
@@ -523,8 +621,9 @@ def _validate_linear(cfg: ModelConfig) -> None:
 
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
+    "router_scoring": "softmax",
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
-    "router_bias": False, "expert_bias": False, "swiglu_limit": None,
+    "router_bias": False, "expert_bias": False, "swiglu_limit": None, "hash_routed_layers": (),
     "router_weighting": "output",
     "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": (),
 }  # fmt: skip
@@ -576,6 +675,12 @@ def _validate_moe(cfg: ModelConfig) -> None:
             raise ValueError(f"dense_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
     if list(cfg.dense_layers) != sorted(set(cfg.dense_layers)):
         raise ValueError(f"dense_layers={cfg.dense_layers} must be sorted, without repeats")
+    for index in cfg.hash_routed_layers:
+        if not isinstance(index, int) or not cfg.first_dense_layers <= index < cfg.num_layers:
+            raise ValueError(
+                f"hash_routed_layers entry {index!r} must be the index of an MoE layer "
+                f"({cfg.first_dense_layers}..{cfg.num_layers - 1})"
+            )
 
 
 def _validate_frontier(cfg: ModelConfig) -> None:
@@ -583,7 +688,7 @@ def _validate_frontier(cfg: ModelConfig) -> None:
     check_choice("qk_norm_scope", cfg.qk_norm_scope, QK_NORM_SCOPES)
     if cfg.qk_norm_scope != "head" and not cfg.qk_norm:
         raise ValueError(f"qk_norm_scope={cfg.qk_norm_scope!r} needs qk_norm=True")
-    if cfg.attention_sinks and cfg.attention != "standard":
+    if cfg.attention_sinks and cfg.attention == "mla":
         raise ValueError("attention_sinks=True is not supported with attention='mla'")
     if cfg.rope_theta_local is not None:
         if not cfg.rope_theta_local > 0:
@@ -601,7 +706,7 @@ def _validate_frontier(cfg: ModelConfig) -> None:
                 f"swiglu_limit clamps a SwiGLU: it needs ffn='glu' and activation='silu', got ffn={cfg.ffn!r}, "
                 f"activation={cfg.activation!r}"
             )
-    if not cfg.swiglu_alpha > 0:
-        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} must be positive")
+    if cfg.swiglu_alpha is not None and not cfg.swiglu_alpha > 0:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} must be positive (or None: the plain SwiGLU after the clamps)")
     if cfg.swiglu_alpha != 1.702 and cfg.swiglu_limit is None:
         raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} is a knob of the clamped SwiGLU; set swiglu_limit")

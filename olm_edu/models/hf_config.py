@@ -575,6 +575,7 @@ _PART_III_KNOBS_OFF = {
     "rope_theta_local": None, "rope_scaling_local": None, "router_bias": False, "expert_bias": False, "swiglu_limit": None,
     # the hybrids' (olm_edu.models.families.qwen3_next, kimi_linear)
     "attn_output_gate": False, "shared_expert_hidden_dim": None, "shared_expert_gate": False,
+    "hc_streams": 1, "hash_routed_layers": (),  # DeepSeek-V4's (olm_edu.models.families.deepseek_v4)
 }  # fmt: skip
 # Knobs no dense family's transformers class can turn.
 _DENSE = {"num_experts": 0, "attention": "standard", "mtp_layers": 0}

@@ -42,8 +42,8 @@ HUB_IDS = {
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
-    "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
     # Part III (olm_edu.models.families)
+    "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
     "gpt-oss-20b": "openai/gpt-oss-20b",
     "gpt-oss-120b": "openai/gpt-oss-120b",
     "gemma-3-1b": "google/gemma-3-1b-pt",
@@ -58,6 +58,8 @@ HUB_IDS = {
     "Qwen3.5-9B": "Qwen/Qwen3.5-9B",
     "Qwen3.5-35B-A3B": "Qwen/Qwen3.5-35B-A3B",
     "Kimi-Linear-48B-A3B-Instruct": "moonshotai/Kimi-Linear-48B-A3B-Instruct",
+    "DeepSeek-V4-Flash": "deepseek-ai/DeepSeek-V4-Flash",
+    "DeepSeek-V4-Pro": "deepseek-ai/DeepSeek-V4-Pro",
 }
 
 

@@ -31,10 +31,12 @@ class Context:
 
     positions: (T,) absolute position of each token of the input (0-based).
     cache: a `KVCache` when decoding incrementally, else None.
+    ids: (B, T) the token ids, for layers that route by token (DeepSeek-V4's hash-routed MoE).
     """
 
     positions: torch.Tensor
     cache: object | None = None
+    ids: torch.Tensor | None = None
 
 
 def _run(layer: nn.Module, x: torch.Tensor, context: Context | None) -> torch.Tensor:

@@ -19,8 +19,6 @@ Linear-attention layers (olm_edu.nn.linear_attention) keep no keys at all: a sta
 does not depend on the context, the last kernel - 1 inputs of their short convolution and the
 recurrent matrix state (`get_state` / `set_state`). A hybrid model's cache holds both kinds.
 
-Shapes: keys and values (B, num_kv_heads, T_cached, head_dim); positions (T_cached,).
-    MLA: latent (B, 1, T_cached, kv_latent_dim), rotated key (B, 1, T_cached, rope_head_dim).
 Layers may keep more per token than keys and values (DeepSeek-V3.2's indexer keeps its own
 key per token): `update_extra` appends such tensors by name, along the token axis (dim -2).
 
@@ -89,6 +87,7 @@ class KVCache:
     def set_state(self, layer: int, conv_state: torch.Tensor, recurrent_state: torch.Tensor) -> None:
         """Replace a linear-attention layer's state (its size never grows with the context)."""
         self.states[layer] = (conv_state, recurrent_state)
+
     def update_extra(self, layer: int, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """Append this step's `name` tensor (..., T, width) to layer `layer`'s; return all of it."""
         kept = self.extras[layer].get(name)

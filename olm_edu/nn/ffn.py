@@ -52,10 +52,22 @@ class ClassicFFN(nn.Module):
 
 
 class GatedFFN(nn.Module):
-    """down(act(gate(x)) * up(x)): SwiGLU with "silu", GeGLU with "gelu" or "gelu_tanh"."""
+    """down(act(gate(x)) * up(x)): SwiGLU with "silu", GeGLU with "gelu" or "gelu_tanh".
 
-    def __init__(self, embed_dim: int, hidden_dim: int | None = None, activation: str = "silu", bias: bool = False):
+    limit (DeepSeek-V4's swiglu_limit): clamp gate(x) to at most limit and up(x) to [-limit, limit]
+    before they meet, so no activation can blow up in low precision. None: no clamp.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int | None = None,
+        activation: str = "silu",
+        bias: bool = False,
+        limit: float | None = None,
+    ):
         super().__init__()
+        self.limit = limit
         hidden_dim = gated_hidden_dim(embed_dim) if hidden_dim is None else hidden_dim
         self.gate_proj = nn.Linear(embed_dim, hidden_dim, bias=bias)
         self.up_proj = nn.Linear(embed_dim, hidden_dim, bias=bias)
@@ -64,10 +76,13 @@ class GatedFFN(nn.Module):
         self.act = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.limit is not None:
+            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
+        return self.down_proj(self.act(gate) * up)
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
+        return f"activation={self.activation!r}" + (f", limit={self.limit}" if self.limit is not None else "")
 
 
 def SwiGLUFFN(embed_dim: int, hidden_dim: int | None = None, bias: bool = False) -> GatedFFN:

@@ -21,6 +21,11 @@ Qwen3.5) its output is scaled per token by sigmoid(w_s . x), a learned scalar ga
                          bias used for *choosing only* (it never scales an output); groups scored
                          by the sum of their two best s + b; w = s_chosen / sum(s_chosen), times
                          routed_scaling_factor
+    DeepSeek-V4          s = sqrt(softplus(logits)) ("sqrtsoftplus"), chosen as V3 without groups;
+                         or, on its first layers, *hash routing*: a fixed table token id -> k
+                         experts chooses (hash_vocab_size rows), and the scores only weigh.
+                         Routed experts and the shared one clamp their SwiGLU inputs: gate to
+                         (-inf, limit], up to [-limit, limit] (swiglu_limit)
     gpt-oss              logits = x W_r^T + b (a learned router bias); choose the k largest logits;
                          w = softmax over those k logits, which is softmax(logits)_chosen
                          renormalised: the Mixtral router plus a bias
@@ -87,7 +92,7 @@ __all__ = [
     "SCORINGS", "GROUP_SCORES", "WEIGHTINGS", "MOE_IMPLEMENTATIONS",
 ]  # fmt: skip
 
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = ("softmax", "sigmoid", "sqrtsoftplus")
 WEIGHTINGS = ("output", "input")
 GROUP_SCORES = ("max", "top2_sum")
 MOE_IMPLEMENTATIONS = ("loop", "batched")
@@ -132,6 +137,7 @@ class Router(nn.Module):
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
         bias: bool = False,
+        hash_vocab_size: int | None = None,
     ):
         super().__init__()
         check_choice("scoring", scoring, SCORINGS)
@@ -150,6 +156,9 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         self.bias = nn.Parameter(torch.zeros(num_experts)) if bias else None
         self.register_buffer("selection_bias", torch.zeros(num_experts) if selection_bias else None)
+        # hash routing: row i lists the experts token id i always goes to (a buffer, saved with the model)
+        table = None if hash_vocab_size is None else torch.zeros(hash_vocab_size, experts_per_token, dtype=torch.long)
+        self.register_buffer("token_to_experts", table)
 
     def _apply(self, fn, recurse: bool = True):
         # The selection bias moves in steps of ~1e-3, which bfloat16 would round away: like
@@ -160,14 +169,25 @@ class Router(nn.Module):
             self.selection_bias = bias.to(device=self.weight.device, dtype=torch.float32)
         return self
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> Routing:
+        """ids (N,): the tokens' ids, needed (only) by hash routing."""
         bias = None if self.bias is None else self.bias.float()
         logits = F.linear(x.float(), self.weight.float(), bias)  # (N, E)
-        scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
-        choosing = scores if self.selection_bias is None else scores + self.selection_bias
-        if self.num_groups > 1:
-            choosing = self._only_best_groups(choosing)
-        experts = choosing.topk(self.experts_per_token, dim=-1).indices  # (N, k)
+        if self.scoring == "softmax":
+            scores = logits.softmax(dim=-1)
+        elif self.scoring == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = F.softplus(logits).sqrt()
+        if self.token_to_experts is not None:
+            if ids is None:
+                raise ValueError("a hash-routed MoE layer needs the token ids (run it inside a model, or pass ids)")
+            experts = self.token_to_experts[ids.reshape(-1)]  # (N, k): the table chooses
+        else:
+            choosing = scores if self.selection_bias is None else scores + self.selection_bias
+            if self.num_groups > 1:
+                choosing = self._only_best_groups(choosing)
+            experts = choosing.topk(self.experts_per_token, dim=-1).indices  # (N, k)
         weights = scores.gather(-1, experts)  # the bias chose them; the plain scores weigh them
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -196,11 +216,14 @@ class Router(nn.Module):
             parts.append("bias=True")
         if self.scaling_factor != 1.0:
             parts.append(f"scaling_factor={self.scaling_factor}")
+        if self.token_to_experts is not None:
+            parts.append("hash_routing=True")
         return ", ".join(parts)
 
 
-def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float, alpha: float = 1.702) -> torch.Tensor:
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float, alpha: float | None = 1.702) -> torch.Tensor:
     """gpt-oss's SwiGLU: (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit).
+    alpha=None: DeepSeek-V4's, the plain SwiGLU on the same clamps, silu(g) * clamp(up, -limit, limit).
 
     The clamps bound what one expert can write (a gate above the limit stops growing; the up
     projection is kept in [-limit, limit]); alpha = 1.702 makes g * sigmoid(alpha g) the sigmoid
@@ -208,6 +231,8 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float, alpha: fl
     """
     gate = gate.clamp(max=limit)
     up = up.clamp(min=-limit, max=limit)
+    if alpha is None:
+        return F.silu(gate) * up
     return (up + 1) * (gate * torch.sigmoid(alpha * gate))
 
 
@@ -226,7 +251,7 @@ class Experts(nn.Module):
 
     def __init__(
         self, num_experts: int, embed_dim: int, hidden_dim: int, activation: str = "silu", gated: bool = True,
-        *, bias: bool = False, swiglu_limit: float | None = None, swiglu_alpha: float = 1.702,
+        *, bias: bool = False, swiglu_limit: float | None = None, swiglu_alpha: float | None = 1.702,
     ):  # fmt: skip
         super().__init__()
         if swiglu_limit is not None and not gated:
@@ -337,6 +362,7 @@ class MoE(nn.Module):
     """
 
     implementation = checked_choice("implementation", MOE_IMPLEMENTATIONS)
+    uses_context = True  # hash routing reads the token ids from the Context
 
     def __init__(
         self,
@@ -363,7 +389,8 @@ class MoE(nn.Module):
         router_bias: bool = False,
         expert_bias: bool = False,
         swiglu_limit: float | None = None,
-        swiglu_alpha: float = 1.702,
+        swiglu_alpha: float | None = 1.702,
+        hash_vocab_size: int | None = None,
     ):
         super().__init__()
         check_choice("weighting", weighting, WEIGHTINGS)
@@ -372,6 +399,7 @@ class MoE(nn.Module):
             embed_dim, num_experts, experts_per_token, scoring=scoring, renormalize=renormalize,
             num_groups=num_groups, groups_per_token=groups_per_token, group_score=group_score,
             selection_bias=selection_bias, scaling_factor=scaling_factor, bias=router_bias,
+            hash_vocab_size=hash_vocab_size,
         )  # fmt: skip
         self.experts = Experts(
             num_experts, embed_dim, hidden_dim, activation, gated, bias=expert_bias, swiglu_limit=swiglu_limit,
@@ -380,8 +408,12 @@ class MoE(nn.Module):
         self.shared_experts = None
         shared_width = num_shared_experts * hidden_dim if shared_hidden_dim is None else shared_hidden_dim
         if shared_width:
-            kind = GatedFFN if gated else ClassicFFN
-            self.shared_experts = kind(embed_dim, shared_width, activation=activation, bias=shared_bias)
+            if gated:
+                # DeepSeek-V4 clamps its shared expert too (swiglu_alpha=None); gpt-oss has none
+                limit = swiglu_limit if swiglu_alpha is None else None
+                self.shared_experts = GatedFFN(embed_dim, shared_width, activation=activation, bias=shared_bias, limit=limit)
+            else:
+                self.shared_experts = ClassicFFN(embed_dim, shared_width, activation=activation, bias=shared_bias)
         if shared_gate and self.shared_experts is None:
             raise ValueError("shared_gate=True needs a shared expert (num_shared_experts or shared_hidden_dim)")
         self.shared_expert_gate = nn.Linear(embed_dim, 1, bias=False) if shared_gate else None
@@ -389,9 +421,9 @@ class MoE(nn.Module):
         self.last_routing: Routing | None = None
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: object | None = None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, d), N = B * T
-        routing = self.router(flat)
+        routing = self.router(flat, getattr(context, "ids", None))
         self.last_routing = routing
         if self.training:
             self.tokens_per_expert += torch.bincount(routing.experts.flatten(), minlength=self.router.num_experts)

@@ -20,6 +20,9 @@ LLAMA4_KNOBS_OFF: dict[str, Any] = {
     "attention_chunk_size": None, "qk_l2_norm": False, "attn_temperature_tuning": False,
     "router_weighting": "output",
 }  # fmt: skip
+# DeepSeek-V4's knobs (olm_edu.models.families.deepseek_v4) that other classes cannot turn (its
+# compressed attention is refused through attention="compressed").
+V4_KNOBS_OFF: dict[str, Any] = {"hc_streams": 1, "hash_routed_layers": ()}
 # The hybrids' knobs (olm_edu.models.families.qwen3_next, kimi_linear), which the others cannot turn.
 HYBRID_KNOBS_OFF: dict[str, Any] = {
     "attn_output_gate": False, "shared_expert_hidden_dim": None, "shared_expert_gate": False, "dense_layers": (),

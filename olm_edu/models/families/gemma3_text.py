@@ -31,7 +31,7 @@ from typing import Any
 from olm_edu.models import hf_config  # partly loaded while it imports the families: used at call time only
 from olm_edu.models.config import ModelConfig
 from olm_edu.models.families import register
-from olm_edu.models.families._shared import HYBRID_KNOBS_OFF, LLAMA4_KNOBS_OFF, check_fixed, local_rope_knobs, read_rope_by_layer_type, rope_parameters
+from olm_edu.models.families._shared import HYBRID_KNOBS_OFF, LLAMA4_KNOBS_OFF, V4_KNOBS_OFF, check_fixed, local_rope_knobs, read_rope_by_layer_type, rope_parameters
 
 MODEL_TYPE = "gemma3_text"
 ARCHITECTURE = "Gemma3ForCausalLM"
@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
 FIXED = {
     **LLAMA4_KNOBS_OFF,
     **HYBRID_KNOBS_OFF,
+    **V4_KNOBS_OFF,
     "norm": "rmsnorm_gemma", "norm_placement": "sandwich", "norm_bias": False, "position": "rope",
     "rope_layout": "half", "partial_rotary_factor": 1.0, "nope_layers": None, "ffn": "glu", "ffn_bias": False,
     "qk_norm": True, "qk_norm_scope": "head", "causal": True, "scale_embeddings": True, "lm_head_bias": False,

@@ -38,7 +38,7 @@ import torch
 from olm_edu.models import hf_config  # partly loaded while it imports the families: used at call time only
 from olm_edu.models.config import ModelConfig
 from olm_edu.models.families import register
-from olm_edu.models.families._shared import HYBRID_KNOBS_OFF, LLAMA4_KNOBS_OFF, check_fixed, rope_parameters
+from olm_edu.models.families._shared import HYBRID_KNOBS_OFF, LLAMA4_KNOBS_OFF, V4_KNOBS_OFF, check_fixed, rope_parameters
 
 MODEL_TYPE = "gpt_oss"
 ARCHITECTURE = "GptOssForCausalLM"
@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
 FIXED = {
     **LLAMA4_KNOBS_OFF,
     **HYBRID_KNOBS_OFF,
+    **V4_KNOBS_OFF,
     "norm": "rmsnorm", "norm_placement": "pre", "norm_bias": False, "position": "rope", "rope_layout": "half",
     "partial_rotary_factor": 1.0, "ffn": "glu", "activation": "silu", "ffn_bias": False, "qk_norm": False,
     "qk_norm_scope": "head", "attn_logit_softcap": None, "final_logit_softcap": None, "query_pre_attn_scalar": None,

@@ -41,7 +41,7 @@ import torch
 
 from olm_edu.models import families
 from olm_edu.models.config import ModelConfig
-from olm_edu.models.families._shared import LLAMA4_KNOBS_OFF
+from olm_edu.models.families._shared import LLAMA4_KNOBS_OFF, V4_KNOBS_OFF
 from olm_edu.models.families import qwen3_next
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ def read(keys: Keys) -> dict[str, Any]:
 
 FIXED = {
     **LLAMA4_KNOBS_OFF,
+    **V4_KNOBS_OFF,
     "norm": "rmsnorm", "norm_placement": "pre", "position": "none", "ffn": "glu", "ffn_bias": False, "qk_norm": False,
     "attn_output_gate": False, "attn_logit_softcap": None, "final_logit_softcap": None, "query_pre_attn_scalar": None,
     "sliding_window": None, "causal": True, "scale_embeddings": False, "lm_head_bias": False, "attention": "mla",
@@ -209,8 +210,13 @@ def write(cfg: ModelConfig) -> dict[str, Any]:
             raise ValueError(f"family='kimi_linear' cannot express {knob}={getattr(cfg, knob)!r}: its transformers class needs {needed!r}")
     if cfg.qkv_bias != cfg.attn_out_bias:
         raise ValueError(f"family='kimi_linear' cannot express attn_out_bias={cfg.attn_out_bias!r}: one attention_bias switches them all")
-    if cfg.num_experts and (cfg.router_scoring != "sigmoid" or not cfg.router_selection_bias or cfg.router_group_score != "top2_sum"):
-        raise ValueError("family='kimi_linear' routes with sigmoid scores, a selection bias and groups by top-2 sum")
+    if cfg.num_experts:
+        for knob, needed in {"router_scoring": "sigmoid", "router_selection_bias": True, "router_group_score": "top2_sum"}.items():
+            if getattr(cfg, knob) != needed:
+                raise ValueError(
+                    f"family='kimi_linear' cannot express {knob}={getattr(cfg, knob)!r}: its router needs {needed!r} "
+                    "(sigmoid scores, a selection bias, groups scored by their top-2 sum)"
+                )
     types = [cfg.layer_type(i) for i in range(cfg.num_layers)]
     out = {
         "hidden_size": cfg.embed_dim,

@@ -44,7 +44,7 @@ from typing import Any
 from olm_edu.models import families
 from olm_edu.models import hf_config  # partly loaded while it imports the families: used at call time only
 from olm_edu.models.config import ModelConfig
-from olm_edu.models.families._shared import HYBRID_KNOBS_OFF
+from olm_edu.models.families._shared import HYBRID_KNOBS_OFF, V4_KNOBS_OFF
 
 MODEL_TYPE = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
@@ -86,6 +86,7 @@ FIXED: dict[str, Any] = {
     "lm_head_bias": False, "attention": "standard", "mtp_layers": 0, "load_balance_coef": 0.0,
     "qk_norm_scope": "head", "attention_sinks": False, "rope_theta_local": None, "rope_scaling_local": None,
     **{knob: value for knob, value in HYBRID_KNOBS_OFF.items() if knob != "dense_layers"},
+    **V4_KNOBS_OFF,
 }  # fmt: skip
 # ... and on its MoE layers (when there are any).
 FIXED_MOE: dict[str, Any] = {

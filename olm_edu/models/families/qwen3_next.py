@@ -34,7 +34,7 @@ import torch
 
 from olm_edu.models import families
 from olm_edu.models.config import ModelConfig
-from olm_edu.models.families._shared import LLAMA4_KNOBS_OFF
+from olm_edu.models.families._shared import LLAMA4_KNOBS_OFF, V4_KNOBS_OFF
 
 if TYPE_CHECKING:  # hf_config imports the family modules while it loads: read it lazily
     from olm_edu.models.hf_config import Keys
@@ -191,6 +191,7 @@ def read(keys: Keys) -> dict[str, Any]:
 # Knobs the Qwen hybrids' transformers classes hard-code.
 FIXED = {
     **LLAMA4_KNOBS_OFF,
+    **V4_KNOBS_OFF,
     "norm": "rmsnorm_gemma", "norm_placement": "pre", "position": "rope", "rope_layout": "half", "ffn": "glu",
     "ffn_bias": False, "qk_norm": True, "attn_output_gate": True, "attn_logit_softcap": None,
     "final_logit_softcap": None, "query_pre_attn_scalar": None, "sliding_window": None, "causal": True,
