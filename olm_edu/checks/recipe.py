@@ -116,7 +116,7 @@ def _late_by_one(step, max_lr, warmup_steps, total_steps, decay_fraction, min_lr
         max_lr * (step + 1) / warmup_steps
 
 
-@exercise("Exercise 2 — warm-up–stable–decay")
+@exercise("Exercise 3 — warm-up–stable–decay")
 def wsd_schedule(check: Check, fn: Callable[..., float]) -> None:
     """fn(step, max_lr, warmup_steps, total_steps, decay_fraction, min_lr) -> the WSD learning rate."""
     cases = [(3e-3, 10, 100, 0.2, 3e-4), (1.0, 0, 50, 0.5, 0.0), (2e-2, 5, 40, 0.25, 1e-3)]
@@ -163,7 +163,7 @@ def _models(hidden: bool) -> list[tuple[str, nn.Module]]:
     return [(name, build(cfg)) for name, cfg in variants]
 
 
-@exercise("Exercise 3 — Muon for the matrices, AdamW for the rest")
+@exercise("Exercise 2 — Muon for the matrices, AdamW for the rest")
 def split_parameters(check: Check, fn: Callable[[nn.Module], tuple[list, list]]) -> None:
     """fn(model) -> (names for Muon, names for AdamW)."""
     for label, model in _models(check.hidden):
