@@ -42,7 +42,7 @@ def run(job: dict) -> None:
     results = Path(job["results"])
     nb = nbformat.read(job["notebook"], as_version=4)
     workdir = job["workdir"]
-    os.environ.update({"HOME": workdir, "OLM_EDU_CHECK_SEED": str(job["seed"]), "MPLBACKEND": "Agg"})
+    os.environ.update({"HOME": workdir, "OLM_EDU_CHECK_SEED": str(job["seed"]), "OLM_EDU_CHECKS_RAISE": "1", "MPLBACKEND": "Agg"})
     client = NotebookClient(
         nb, timeout=job["cell_timeout"], kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
         record_timing=False, resources={"metadata": {"path": workdir}},
