@@ -18,15 +18,24 @@ Extra rows on request (--extra):
   fused-gelu   transformers sdpa with activation "gelu_pytorch_tanh" (one fused kernel, as
                olm_edu uses) instead of GPT-2's "gelu_new" (a formula of five element-wise ops);
   explicit     olm_edu with implementation="explicit" (the course's line-by-line attention).
+--nanogpt PATH adds nanoGPT's `model.py` from a checkout the user provides (it is imported from
+there, never copied into this repository), built with the same config (bias=True, dropout 0)
+and loaded with the same weights (its Linear layers hold the transposes of GPT-2's Conv1D
+weights); its logits come from its own modules (embeddings, blocks, ln_f, lm_head), since its
+forward without targets returns the last position only.
+--compile adds a torch.compile'd row for every model (compiled once, warm-up excluded).
 
 Run: python benchmarks/train_step.py                 (about 2-3 minutes on 2 cores)
      python benchmarks/train_step.py --quick         (a smoke run, under a minute)
      python benchmarks/train_step.py --extra eager fused-gelu --threads 2
+     python benchmarks/train_step.py --nanogpt ~/src/nanoGPT --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import statistics
 import sys
 import time
@@ -115,6 +124,54 @@ def transformers_contender(cfg: ModelConfig, hf_weights: dict[str, torch.Tensor]
     return Contender(name, model, lambda ids: model(input_ids=ids).logits, adamw(model))
 
 
+def nanogpt_contender(path: str, cfg: ModelConfig, hf_weights: dict[str, torch.Tensor]) -> Contender:
+    """nanoGPT's GPT from PATH/model.py (the user's checkout), with the same weights as the others."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", f"{path}/model.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--nanogpt {path}: no model.py there")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.GPTConfig(block_size=cfg.max_seq_len, vocab_size=cfg.vocab_size, n_layer=cfg.num_layers,
+                              n_head=cfg.num_heads, n_embd=cfg.embed_dim, dropout=0.0, bias=True)
+    model = module.GPT(config)
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    weights = {name: tensor.t() if name.endswith(conv1d) else tensor for name, tensor in hf_weights.items()}
+    incompatible = model.load_state_dict(weights, strict=False)
+    if incompatible.unexpected_keys or set(incompatible.missing_keys) - {"lm_head.weight"}:
+        raise SystemExit(f"weights do not fit nanoGPT's GPT: {incompatible}")
+    model.train()
+    return Contender("nanoGPT (model.py)", model, _nanogpt_logits(model), adamw(model))
+
+
+def _nanogpt_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ids (B, T) -> logits (B, T, V) through nanoGPT's own modules (its forward keeps only the last
+    position when no targets are given)."""
+    parts = model.transformer
+
+    def logits_of(ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = parts.drop(parts.wte(ids) + parts.wpe(positions))
+        for block in parts.h:
+            h = block(h)
+        return model.lm_head(parts.ln_f(h))
+
+    return logits_of
+
+
+def compiled(contender: Contender) -> Contender:
+    """The same model (a deep copy), its logits function under torch.compile, a fresh AdamW."""
+    twin = copy.deepcopy(contender)
+    model = twin.model
+    if contender.name.startswith("olm_edu"):
+        logits_of = torch.compile(model)
+    elif contender.name.startswith("transformers"):
+        forward = torch.compile(model)
+        logits_of = lambda ids: forward(input_ids=ids).logits  # noqa: E731
+    else:
+        logits_of = torch.compile(_nanogpt_logits(model))
+    return Contender(contender.name + ", compiled", model, logits_of, adamw(model))
+
+
 def make_batches(count: int, batch: int, seq_len: int, vocab_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`count` random (ids, targets) pairs, targets = ids shifted by one. Speed does not depend on the text."""
     generator = torch.Generator().manual_seed(1234)
@@ -131,6 +188,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"torch threads (default torch's: {torch.get_num_threads()})")
     parser.add_argument("--extra", nargs="*", default=[], choices=EXTRAS, help="extra rows (see the docstring)")
+    parser.add_argument("--nanogpt", metavar="PATH", help="a nanoGPT checkout: adds its model.py (not copied)")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row for every model")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 4, seq 128, 3 steps")
     args = parser.parse_args()
     if args.quick:
@@ -170,6 +229,10 @@ def main() -> None:
         contenders.append(transformers_contender(cfg, hf_weights, "sdpa", activation="gelu_pytorch_tanh"))
     if "explicit" in args.extra:
         contenders.append(olm_edu_contender(cfg, weights, "explicit"))
+    if args.nanogpt:
+        contenders.append(nanogpt_contender(args.nanogpt, cfg, hf_weights))
+    if args.compile:
+        contenders += [compiled(c) for c in list(contenders)]
 
     tokens_per_step = args.batch * args.seq
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
