@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from olm_edu.grading import Check, CheckFailed, exercise
-from olm_edu.nn.attention import Attention
+from olm_edu.nn.attention import Attention, attend, attention_mask
 
 _SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 ATOL, RTOL = 1e-5, 1e-4
@@ -59,11 +59,33 @@ def _random_mask(check: Check, queries: int, keys: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# The library's versions, with the exercises' signatures: what later cells use until a check passes
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """olm_edu.nn.attention.attend, step by step. Shapes: as Exercise 1."""
+    return attend(q, k, v, mask, scale=q.shape[-1] ** -0.5, implementation="explicit")
+
+
+def reference_causal_mask(length: int) -> torch.Tensor:
+    """olm_edu.nn.attention.attention_mask for a sequence attending to itself: (length, length) bool."""
+    positions = torch.arange(length)
+    return attention_mask(positions, positions, causal=True)
+
+
+def reference_multi_head_attention(embed_dim: int, num_heads: int) -> Attention:
+    """olm_edu.nn.Attention as GPT-2 has it: causal, with biases, the same q/k/v/o_proj names."""
+    return Attention(embed_dim, num_heads, bias=True, causal=True, implementation="explicit")
+
+
+# ---------------------------------------------------------------------------------------------
 # Exercise 1 — scaled dot-product attention
 # ---------------------------------------------------------------------------------------------
 
 
-@exercise("Exercise 1 — scaled dot-product attention")
+@exercise("Exercise 1 — scaled dot-product attention", reference=reference_scaled_dot_product_attention)
 def scaled_dot_product(check: Check, fn: Callable) -> None:
     check.forbid(*_SDPA, reason="Exercise 1 asks you to write attention from matmul and softmax")
     # (batch shape, T_q, T_k, d, d_v, mask): scale 2 makes a missing 1/sqrt(d) impossible to miss
@@ -131,7 +153,7 @@ def _find_leak(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, che
     return None
 
 
-@exercise("Exercise 2 — the causal mask")
+@exercise("Exercise 2 — the causal mask", reference=reference_causal_mask)
 def causal_mask(check: Check, fn: Callable[[int], torch.Tensor]) -> None:
     lengths = [5, 2, 8, 1] + ([3, 16, 33] if check.hidden else [])
     for length in lengths:
@@ -237,7 +259,7 @@ def _linear(module: nn.Module, name: str, dim: int) -> nn.Module:
     return layer
 
 
-@exercise("Exercise 3 — multi-head attention")
+@exercise("Exercise 3 — multi-head attention", reference=reference_multi_head_attention)
 def multi_head(check: Check, cls: type) -> None:
     check.forbid(*_SDPA, reason="Exercise 3 asks you to use your own scaled_dot_product_attention")
     # head_dim != num_heads, so a split of the wrong shape cannot pass by coincidence
