@@ -5,6 +5,7 @@
     olm-edu run SOLUTION...    execute solution notebooks in place, storing their outputs
     olm-edu grade SUBMISSIONS... --lesson NN --out DIR
                                grade a class: DIR/gradebook.csv and DIR/feedback/<student>.html
+    olm-edu train [FLAGS]      train a model (olm-edu train --help; under torchrun: -m olm_edu.train)
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--cell-time-limit", type=float, default=60.0, help="seconds per cell (default 60)")
     grade.add_argument("--memory-limit", type=int, default=4096, help="MB per notebook (default 4096)")
     grade.set_defaults(run=_grade)
+    commands.add_parser("train", help="train a model: olm-edu train --help", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # its flags are olm_edu.training_run's own
+        from olm_edu.training_run import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     return args.run(args)
 
