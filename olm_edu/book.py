@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import html
 import re
 import subprocess
 import sys
@@ -58,6 +59,61 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 SOLUTION_MARKER = re.compile(r"^\s*#+\s*(BEGIN|END) SOLUTION\s*$")
 HIDDEN_CHECK_LINE = re.compile(r"^✅ .*: \d+ hidden checks? passed$")
+
+
+COLAB_SETUP = "colab-setup"  # metadata["olm_edu"] of the first code cell of every lesson
+
+
+def book_config(root: Path) -> dict:
+    """book/_config.yml of the course at `root`."""
+    import yaml  # a dependency of transformers, so always installed
+
+    return yaml.safe_load((Path(root) / "book" / "_config.yml").read_text(encoding="utf-8"))
+
+
+def course_package_spec(root: Path) -> str:
+    """What Colab installs: the course package from the book's repository (`repository.url` of
+    book/_config.yml, the one place it is set), at the tag of this version, e.g.
+    "olm-edu @ git+https://github.com/owner/name@v0.1.0"."""
+    from olm_edu import __version__
+
+    url = book_config(root)["repository"]["url"].rstrip("/")
+    return f"olm-edu @ git+{url}@v{__version__}"
+
+
+def colab_setup_source(root: Path) -> str:
+    """The first code cell of every lesson: on Colab (a bare machine) install the course package,
+    pinned to the book's version, before anything imports it; anywhere else do nothing."""
+    return (
+        "# On Colab, install the course's package first (pinned to this book's version); elsewhere this does nothing.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        "    import subprocess\n"
+        "\n"
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "{course_package_spec(root)}"], check=True)'
+    )
+
+
+def sync_colab_setup(root: Path) -> list[Path]:
+    """Make the first code cell of every solution notebook the Colab setup cell (insert or update
+    it); returns the notebooks changed. `olm-edu lessons` runs this before generating lessons/."""
+    source = colab_setup_source(root)
+    changed = []
+    for path in solution_notebooks(Path(root) / "solutions"):
+        nb = nbformat.read(path, as_version=4)
+        first_code = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+        cell = nb.cells[first_code]
+        if cell.metadata.get("olm_edu") == COLAB_SETUP:
+            if cell.source == source:
+                continue
+            cell.source = source
+        else:
+            setup = nbformat.v4.new_code_cell(source, metadata={"olm_edu": COLAB_SETUP})
+            nb.cells.insert(first_code, setup)
+        nbformat.write(nb, path)
+        changed.append(path)
+    return changed
 
 
 def _is_solution(cell: NotebookNode) -> bool:
@@ -118,6 +174,26 @@ def _widget_snapshot(model_id: str, state: dict) -> tuple[list[str], list[Notebo
     return controls, outputs
 
 
+def _progress_bar_text(model_id: str, state: dict) -> str | None:
+    """A progress bar's final state as the text a terminal shows ("training: 100%|██████████| 1000/1000 ..."),
+    or None when the widget is not a progress bar (a box holding a *ProgressModel)."""
+    model = state.get(model_id, {})
+    children = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in model.get("state", {}).get("children", [])]
+    bars = [child for child in children if child.get("model_name", "").endswith("ProgressModel")]
+    if len(bars) != 1:
+        return None
+    bar = bars[0]["state"]
+    fraction = bar.get("value", 0) / bar["max"] if bar.get("max") else 0.0
+    filled = round(10 * min(max(fraction, 0.0), 1.0))
+    parts = []
+    for child in children:
+        if child is bars[0]:
+            parts.append("|" + "█" * filled + " " * (10 - filled) + "|")
+        elif child.get("model_name") == "HTMLModel":
+            parts.append(html.unescape(child["state"].get("value", "")).replace("\u2007", " "))
+    return "".join(parts).strip()
+
+
 def _static_widgets(nb: NotebookNode) -> None:
     """Replace each widget view by a note and the widget's stored outputs; drop the widget state."""
     state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
@@ -129,6 +205,10 @@ def _static_widgets(nb: NotebookNode) -> None:
             view = output.get("data", {}).get(WIDGET_VIEW)
             if view is None:
                 outputs.append(output)
+                continue
+            progress = _progress_bar_text(view["model_id"], state)
+            if progress is not None:  # nothing to move: show where the bar ended, as text
+                outputs.append(nbformat.v4.new_output("stream", name="stdout", text=progress + "\n"))
                 continue
             controls, stored = _widget_snapshot(view["model_id"], state)
             shown = f" at {', '.join(f'`{c}`' for c in controls)}" if controls else ""

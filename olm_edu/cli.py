@@ -29,6 +29,11 @@ def _lessons(args: argparse.Namespace) -> int:
             return 1
         print("lessons/ is up to date")
         return 0
+    if (root / "book" / "_config.yml").exists():  # the Colab setup cell follows the book's repository and version
+        from olm_edu.book import sync_colab_setup
+
+        for path in sync_colab_setup(root):
+            print(f"updated the Colab setup cell of {path}")
     written = authoring.generate_all(solutions, lessons)
     for path in written:
         print(f"wrote {path}")

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
+import olm_edu
 from olm_edu import book
 from olm_edu.authoring import solution_notebooks
 
@@ -70,6 +71,48 @@ def test_a_widget_becomes_a_note_and_the_pictures_it_showed():
     assert "`temperature = 1.0`" in note.data["text/markdown"]
     assert picture.data["image/png"] == "iVBORw0KGgo="
     assert "widgets" not in nb.metadata
+
+
+def test_a_progress_bar_becomes_its_final_text_not_a_note_about_controls():
+    state = {
+        "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]}},
+        "left": {"model_name": "HTMLModel", "state": {"value": "training:\u2007100%"}},
+        "bar": {"model_name": "FloatProgressModel", "state": {"value": 1000.0, "max": 1000.0}},
+        "right": {"model_name": "HTMLModel", "state": {"value": "\u20071000/1000\u2007[01:26&lt;00:00]"}},
+    }
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {book.WIDGET_STATE: {"state": state}}})
+    view = {book.WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0}, "text/plain": "HBox(...)"}
+    nb.cells = [nbformat.v4.new_code_cell("train(...)", outputs=[nbformat.v4.new_output("display_data", data=view)])]
+    book._static_widgets(nb)
+    [shown] = nb.cells[0].outputs
+    assert shown.output_type == "stream" and shown.text == "training: 100%|██████████| 1000/1000 [01:26<00:00]\n"
+
+
+@pytest.mark.parametrize("folder", ["solutions", "lessons"])
+def test_each_lessons_first_code_cell_installs_the_course_on_colab_from_the_books_repository(folder):
+    expected = book.colab_setup_source(ROOT)
+    url = book.book_config(ROOT)["repository"]["url"].rstrip("/")
+    assert f'"olm-edu @ git+{url}@v{olm_edu.__version__}"' in expected  # the book's repository, this version
+    for path in sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        first = next(cell for cell in nb.cells if cell.cell_type == "code")
+        assert first.source == expected, f"{path.name}: run `olm-edu lessons` to refresh the Colab setup cell"
+
+
+def test_the_colab_setup_cell_installs_only_on_colab(monkeypatch):
+    import subprocess as subprocess_module
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setattr(subprocess_module, "run", lambda command, check: calls.append((command, check)))
+    exec(book.colab_setup_source(ROOT), {})  # here: not Colab
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(book.colab_setup_source(ROOT), {})
+    [(command, check)] = calls
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "--quiet"] and check is True
+    assert command[5] == book.course_package_spec(ROOT)
 
 
 def test_the_table_of_contents_puts_each_lesson_in_its_part_and_skips_empty_parts():
@@ -188,6 +231,8 @@ class Page:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.send("Network.enable")
+        self.send("Runtime.enable")  # uncaught exceptions and console.error calls
+        self.send("Log.enable")  # the browser's own errors: failed loads, blocked scripts
         self.send("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
@@ -214,6 +259,22 @@ class Page:
             await Promise.all([...document.images].map(img => img.complete ? null :
                 new Promise(done => { img.onload = img.onerror = done; })));
         })()""", timeout)
+
+    def errors(self) -> list[str]:
+        """Page errors (uncaught exceptions, SyntaxErrors included) and console errors so far."""
+        found = []
+        for event in self.browser.events:
+            if event.get("sessionId") != self.session:
+                continue
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                found.append(details.get("exception", {}).get("description") or details.get("text", ""))
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                found.append(" ".join(str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", [])))
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                found.append(f"{params['entry'].get('text')} ({params['entry'].get('url', '')})")
+        return found
 
     def requested_urls(self) -> list[str]:
         return [event["params"]["request"]["url"] for event in self.browser.events
@@ -322,3 +383,17 @@ def test_a_lesson_page_renders_in_headless_chromium(built_book, chromium, served
                if urlparse(url).scheme in ("http", "https") and urlparse(url).hostname != "127.0.0.1"]
     assert foreign == [], f"the page fetched from other hosts: {foreign}"
     assert any(re.search(r"/_static/mathjax/.*\.js", url) for url in page.requested_urls())
+
+
+def test_every_page_of_the_book_loads_with_no_page_error_and_no_console_error(built_book, chromium, served_book):
+    page = Page(chromium)
+    pages = sorted(path.relative_to(built_book).as_posix() for path in built_book.rglob("*.html")
+                   if "_static" not in path.parts and "_sources" not in path.parts)
+    assert len(pages) > len(SOLUTIONS)
+    errors = {}
+    for name in pages:
+        before = len(page.errors())
+        page.open(f"{served_book}/{name}")
+        if page.errors()[before:]:
+            errors[name] = page.errors()[before:]
+    assert errors == {}, errors

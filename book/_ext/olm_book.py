@@ -6,18 +6,13 @@ reads docstrings as reStructuredText, where that style warns (and the book treat
 errors). So every docstring autodoc collects is parsed as MyST Markdown instead, through the
 `olm-markdown` directive below.
 
-Launch links. Two optional environment variables:
-
-    OLM_EDU_BOOK_REPOSITORY=owner/name        the GitHub repository the launch links open
-    OLM_EDU_BOOK_JUPYTERHUB=https://hub...    a classroom JupyterHub: adds a JupyterHub launch link
-
-Without them the links use `repository.url` of _config.yml and show Binder and Colab only. The
-publishing workflow sets the repository to the one it runs in, so forks get working links.
+Live code. Launch links come from _config.yml alone (`repository.url`, the one place the
+repository is named, and `launch_buttons`). With live code off (`launch_buttons.thebe: false`)
+the pages load none of sphinx-thebe's scripts: the theme emits its setup script twice, and the
+second `const THEBE_JS_URL` is a SyntaxError on every page.
 """
 
 from __future__ import annotations
-
-import os
 
 from docutils import nodes
 from myst_parser.parsers.sphinx_ import MystParser
@@ -44,18 +39,23 @@ def _docstring_as_markdown(app: Sphinx, what: str, name: str, obj: object, optio
     lines[:] = [".. olm-markdown::", "", *body, ""]
 
 
-def _launch_settings_from_environment(app: Sphinx, config: Config) -> None:
-    options = config.html_theme_options
-    repository = os.environ.get("OLM_EDU_BOOK_REPOSITORY", "").strip().strip("/")
-    if repository:
-        options["repository_url"] = f"https://github.com/{repository}"
-    hub = os.environ.get("OLM_EDU_BOOK_JUPYTERHUB", "").strip()
-    if hub:
-        options.setdefault("launch_buttons", {})["jupyterhub_url"] = hub
+def _is_live_code_script(script: object) -> bool:
+    body = getattr(script, "attributes", {}).get("body", "")
+    return "THEBE_JS_URL" in body or str(getattr(script, "filename", script) or "").endswith("sphinx-thebe.js")
+
+
+def _drop_live_code_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: object) -> None:
+    """With live code off (launch_buttons.thebe: false) a page needs none of sphinx-thebe's scripts.
+    The theme registers its setup script twice, and the second `const THEBE_JS_URL` is a
+    SyntaxError on every page, so both copies (and the loader that reads them) are left out."""
+    if app.config.html_theme_options.get("launch_buttons", {}).get("thebe"):
+        return
+    if context.get("script_files") is not None:
+        context["script_files"] = [script for script in context["script_files"] if not _is_live_code_script(script)]
 
 
 def setup(app: Sphinx) -> dict:
     app.add_directive("olm-markdown", MarkdownBlock)
     app.connect("autodoc-process-docstring", _docstring_as_markdown)
-    app.connect("config-inited", _launch_settings_from_environment)
+    app.connect("html-page-context", _drop_live_code_scripts)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from olm_edu.grading import Check, CheckFailed, exercise
-from olm_edu.nn.attention import Attention
+from olm_edu.nn.attention import Attention, attend, attention_mask
 
 _SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 ATOL, RTOL = 1e-5, 1e-4
@@ -30,9 +30,11 @@ def _attention(q, k, v, mask=None, *, scale="sqrt", softmax_dim=-1, mask_mode="r
     q, k, v = q.double(), k.double(), v.double()
     d = q.shape[-1]
     scores = q @ k.transpose(-2, -1)
-    scores = scores * {"sqrt": d**-0.5, "none": 1.0, "d": 1.0 / d}[scale]
+    scores = scores * {"sqrt": d**-0.5, "none": 1.0, "d": 1.0 / d, "value_dim": v.shape[-1] ** -0.5}[scale]
     if mask is not None and mask_mode == "right":
         scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None and mask_mode == "zero":
+        scores = scores.masked_fill(~mask, 0.0)
     if mask is not None and mask_mode == "inverted":
         scores = scores.masked_fill(mask, float("-inf"))
     weights = torch.softmax(scores, dim=softmax_dim)
@@ -59,11 +61,33 @@ def _random_mask(check: Check, queries: int, keys: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# The library's versions, with the exercises' signatures: what later cells use until a check passes
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """olm_edu.nn.attention.attend, step by step. Shapes: as Exercise 1."""
+    return attend(q, k, v, mask, scale=q.shape[-1] ** -0.5, implementation="explicit")
+
+
+def reference_causal_mask(length: int) -> torch.Tensor:
+    """olm_edu.nn.attention.attention_mask for a sequence attending to itself: (length, length) bool."""
+    positions = torch.arange(length)
+    return attention_mask(positions, positions, causal=True)
+
+
+def reference_multi_head_attention(embed_dim: int, num_heads: int) -> Attention:
+    """olm_edu.nn.Attention as GPT-2 has it: causal, with biases, the same q/k/v/o_proj names."""
+    return Attention(embed_dim, num_heads, bias=True, causal=True, implementation="explicit")
+
+
+# ---------------------------------------------------------------------------------------------
 # Exercise 1 — scaled dot-product attention
 # ---------------------------------------------------------------------------------------------
 
 
-@exercise("Exercise 1 — scaled dot-product attention")
+@exercise("Exercise 1 — scaled dot-product attention", reference=reference_scaled_dot_product_attention)
 def scaled_dot_product(check: Check, fn: Callable) -> None:
     check.forbid(*_SDPA, reason="Exercise 1 asks you to write attention from matmul and softmax")
     # (batch shape, T_q, T_k, d, d_v, mask): scale 2 makes a missing 1/sqrt(d) impossible to miss
@@ -80,12 +104,19 @@ def scaled_dot_product(check: Check, fn: Callable) -> None:
                 + (f", a {mask_kind} mask" if mask is not None else ", no mask"))
         arguments = (q.clone(), k.clone(), v.clone()) + ((mask.clone(),) if mask is not None else ())
         got = check.call(fn, *arguments, what=what)
+        for name, given, original in zip(("q", "k", "v", "mask"), arguments, (q, k, v, mask)):
+            check.expect(torch.equal(given, original),
+                         f"{what}: your function changed its input {name} in place (e.g. {name} /= ... or "
+                         f"{name}.mul_(...)), so the caller's tensor is no longer what it passed; compute on new "
+                         f"tensors instead (scores = q @ k.transpose(-2, -1) / math.sqrt(d))")
         expected = _attention(q, k, v, mask)
         if not _matches(got, expected):
             mistakes = [
                 (dict(scale="none"), f"your scores are not divided by sqrt(d) (d = {dim}, the last dimension of q "
                                      "and k): scores = q @ k.transpose(-2, -1) / math.sqrt(d)"),
                 (dict(scale="d"), f"you divided the scores by d = {dim}; divide by sqrt(d) = {math.sqrt(dim):g}"),
+                (dict(scale="value_dim"), f"you scaled by sqrt of the value width (d_v = {value_dim}); the scale "
+                                          f"is sqrt(d) with d = q.shape[-1] = {dim}, the width of the dot products"),
                 (dict(softmax_dim=-2), "the weights of each query must sum to 1 over the keys: take the softmax "
                                        "over the last dimension (dim=-1), not dim=-2"),
             ]
@@ -96,6 +127,9 @@ def scaled_dot_product(check: Check, fn: Callable) -> None:
                                                  "(scores.masked_fill(~mask, float('-inf')))"),
                     (dict(mask_mode="ignored"), "the mask has no effect on your output; set the masked scores "
                                                 "to -inf before the softmax"),
+                    (dict(mask_mode="zero"), "you filled the masked scores with 0, but a score of 0 still gets "
+                                             "weight exp(0) = 1 after the softmax; fill them with float('-inf') "
+                                             "so their weights come out exactly 0"),
                     (dict(mask_mode="after_softmax"), "you masked the weights after the softmax, so they no "
                                                       "longer sum to 1; mask the scores (-inf) before the softmax"),
                 ]
@@ -131,7 +165,7 @@ def _find_leak(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, che
     return None
 
 
-@exercise("Exercise 2 — the causal mask")
+@exercise("Exercise 2 — the causal mask", reference=reference_causal_mask)
 def causal_mask(check: Check, fn: Callable[[int], torch.Tensor]) -> None:
     lengths = [5, 2, 8, 1] + ([3, 16, 33] if check.hidden else [])
     for length in lengths:
@@ -190,6 +224,8 @@ def _multi_head(module: nn.Module, x: torch.Tensor, heads: int, *, split: str = 
         y = x @ layer.weight.detach().double().T + layer.bias.detach().double()
         if split == "strided":
             return y.view(batch, length, head_dim, heads).permute(0, 3, 1, 2)
+        if split == "no_transpose":  # view(B, H, T, head_dim) straight away: re-cuts memory across positions
+            return y.view(batch, heads, length, head_dim)
         return y.view(batch, length, heads, head_dim).transpose(1, 2)  # (B, H, T, head_dim)
 
     q, k, v = project(module.q_proj), project(module.k_proj), project(module.v_proj)
@@ -213,12 +249,19 @@ _WRONG_SPLIT = ("your heads are split the wrong way: the projection's columns ar
                 "view(B, T, head_dim, num_heads) cuts the columns differently")
 
 
+_NO_TRANSPOSE = ("you viewed the projection as (B, num_heads, T, head_dim) without a transpose: view keeps memory order, "
+                 "so each 'head' gets slices of several positions; view(B, T, num_heads, head_dim) first, then "
+                 "transpose(1, 2)")
+
+
 def _head_mistakes(heads: int, head_dim: int) -> list[tuple[dict, str]]:
     return [
         # view(B, T, head_dim, H).transpose(1, 2) and back: head_dim "heads" of width H
         (dict(heads=head_dim), _WRONG_SPLIT),
         (dict(split="strided", merge="strided"), _WRONG_SPLIT),
         (dict(split="strided"), _WRONG_SPLIT),
+        (dict(split="no_transpose", merge="reshape"), _NO_TRANSPOSE),
+        (dict(split="no_transpose"), _NO_TRANSPOSE),
         (dict(merge="reshape"), "the heads are merged the wrong way: attention returns (B, num_heads, T, head_dim); "
                                 "transpose(1, 2) back to (B, T, num_heads, head_dim) before reshaping to "
                                 "(B, T, embed_dim), or the reshape mixes positions and heads"),
@@ -237,7 +280,7 @@ def _linear(module: nn.Module, name: str, dim: int) -> nn.Module:
     return layer
 
 
-@exercise("Exercise 3 — multi-head attention")
+@exercise("Exercise 3 — multi-head attention", reference=reference_multi_head_attention)
 def multi_head(check: Check, cls: type) -> None:
     check.forbid(*_SDPA, reason="Exercise 3 asks you to use your own scaled_dot_product_attention")
     # head_dim != num_heads, so a split of the wrong shape cannot pass by coincidence
@@ -258,8 +301,11 @@ def multi_head(check: Check, cls: type) -> None:
         for batch, length in [(2, 6), (1, 1), (3, 9)]:
             x = check.randn(batch, length, embed_dim)
             what = f"{call} on x of shape {(batch, length, embed_dim)}"
-            got = check.call(module, x.clone(), what=what,
+            given = x.clone()
+            got = check.call(module, given, what=what,
                              hint="q, k and v should be (B, num_heads, T, head_dim) when they meet in attention")
+            check.expect(torch.equal(given, x), f"{what}: your forward changed its input x in place; compute on new "
+                                                "tensors (the residual stream outside the layer still needs x)")
             expected = _multi_head(module, x, num_heads)
             with torch.no_grad():
                 library = reference(x)

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from olm_edu.grading import Check, exercise
 from olm_edu.nn import Attention, ClassicFFN
 from olm_edu.nn import LayerNorm as ReferenceLayerNorm
+from olm_edu.nn.activations import get_activation
 
 _BUILTIN_LAYER_NORM = (
     "torch.nn.functional.layer_norm",
@@ -89,7 +90,7 @@ def _randomise_affine(check: Check, layer: nn.Module, dim: int) -> tuple[torch.T
     return weight, bias
 
 
-@exercise("Exercise 1 — LayerNorm")
+@exercise("Exercise 1 — LayerNorm", reference=ReferenceLayerNorm)
 def layer_norm(check: Check, layer_norm_class: Callable[..., nn.Module]) -> None:
     """LayerNorm(dim, eps=1e-5) with weight/bias parameters, no built-in layer_norm."""
     check.forbid(*_BUILTIN_LAYER_NORM, reason="Exercise 1 asks you to write LayerNorm from a mean, a variance and a square root")
@@ -140,7 +141,7 @@ def layer_norm(check: Check, layer_norm_class: Callable[..., nn.Module]) -> None
 
 # -- Exercise 2: GELU, tanh form ---------------------------------------------------------------
 
-@exercise("Exercise 2 — GELU, GPT-2's tanh form")
+@exercise("Exercise 2 — GELU, GPT-2's tanh form", reference=get_activation("gelu_tanh"))
 def gelu_tanh(check: Check, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     check.forbid("torch.nn.functional.gelu", reason="Exercise 2 asks you to write the tanh formula yourself")
     cases = [
@@ -201,7 +202,7 @@ def _load(check: Check, learner: nn.Module, weights: dict[str, torch.Tensor], wh
     check.passed += 1
 
 
-@exercise("Exercise 3 — the MLP")
+@exercise("Exercise 3 — the MLP", reference=ClassicFFN)
 def mlp(check: Check, mlp_class: Callable[..., nn.Module]) -> None:
     sizes = [(16, None), (24, None)] + ([(32, 40), (8, None)] if check.hidden else [])
     for embed_dim, hidden_dim in sizes:
@@ -284,7 +285,23 @@ def _block_outputs(x: torch.Tensor, p: dict[str, nn.Module]) -> tuple[torch.Tens
     return expected, mistakes
 
 
-@exercise("Exercise 4 — the pre-norm block")
+class ReferencePreNormBlock(nn.Module):
+    """GPT-2's pre-norm block from the library's parts, under Exercise 4's names.
+    Shapes: x (B, T, embed_dim) -> (B, T, embed_dim)."""
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.ln1 = ReferenceLayerNorm(embed_dim)
+        self.attn = Attention(embed_dim, num_heads, bias=True)
+        self.ln2 = ReferenceLayerNorm(embed_dim)
+        self.mlp = ClassicFFN(embed_dim, activation="gelu_tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+@exercise("Exercise 4 — the pre-norm block", reference=ReferencePreNormBlock)
 def block(check: Check, block_class: Callable[..., nn.Module]) -> None:
     configs = [(32, 4)] + ([(48, 6), (16, 1)] if check.hidden else [])
     for embed_dim, num_heads in configs:

@@ -112,7 +112,20 @@ def _weight_of(module: nn.Module, name: str, shape: tuple[int, int], meaning: st
     return weight
 
 
-@exercise("Exercise 2 — token and position embeddings")
+class ReferenceGPTEmbedding(nn.Module):
+    """GPT-2's input layer as the library's models hold it (`embed` + `positions`), under Exercise 2's
+    names. Shapes: ids (B, T) -> (B, T, embed_dim)."""
+
+    def __init__(self, vocab_size: int, max_seq_len: int, embed_dim: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.position_embedding = library_positions.LearnedPositions(max_seq_len, embed_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(ids) + self.position_embedding(torch.arange(ids.shape[1], device=ids.device))
+
+
+@exercise("Exercise 2 — token and position embeddings", reference=ReferenceGPTEmbedding)
 def token_and_position(check: Check, cls: type) -> None:
     # The first size has fewer tokens than positions, so looking positions up by token id runs (and is caught).
     sizes = [(12, 16, 4), (70, 8, 6)] + ([(300, 64, 32)] if check.hidden else [])
@@ -216,7 +229,7 @@ def _library_table_refused() -> Iterator[None]:
         library_positions.sinusoidal_table = _reference_table
 
 
-@exercise("Exercise 3 — the sinusoidal table")
+@exercise("Exercise 3 — the sinusoidal table", reference=_reference_table)
 def sinusoidal(check: Check, fn: Callable[[int, int], torch.Tensor]) -> None:
     sizes = [(16, 8), (64, 32), (200, 64)]
     if check.hidden:

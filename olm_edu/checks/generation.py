@@ -47,6 +47,16 @@ def _filtered(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def reference_top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Exercise 1's filter (as olm_edu.generate.sample_next applies it). Shapes: (..., V) -> (..., V)."""
+    return _filtered(logits, _top_k_keep(logits, k))
+
+
+def reference_top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Exercise 2's filter (as olm_edu.generate.sample_next applies it). Shapes: (..., V) -> (..., V)."""
+    return _filtered(logits, _top_p_keep(logits, p))
+
+
 # -- shared checking of a filter's output --------------------------------------------------------
 
 def _as_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -125,7 +135,7 @@ def _ids(mask: torch.Tensor, limit: int = 10) -> str:
 
 # -- Exercise 1: top-k ---------------------------------------------------------------------------
 
-@exercise("Exercise 1 — top-k filter")
+@exercise("Exercise 1 — top-k filter", reference=reference_top_k_filter)
 def top_k(check: Check, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     cases: list[tuple[str, torch.Tensor, int]] = [
         ("logits [1, 3, 2, 5, 4]", torch.tensor([1.0, 3.0, 2.0, 5.0, 4.0]), 2),
@@ -186,7 +196,7 @@ def top_k(check: Check, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None
 _DYADIC = torch.tensor([0.125, 0.5, 0.03125, 0.25, 0.0625, 0.03125])
 
 
-@exercise("Exercise 2 — top-p (nucleus) filter")
+@exercise("Exercise 2 — top-p (nucleus) filter", reference=reference_top_p_filter)
 def top_p(check: Check, fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     dyadic_logits = _DYADIC.log()  # softmax gives back exactly the dyadic probabilities
     cases: list[tuple[str, torch.Tensor, float]] = [
@@ -259,12 +269,20 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset:
     return (scores.softmax(-1) @ v.double()).to(q.dtype)
 
 
+def reference_attend_with_cache(q_new: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache) -> torch.Tensor:
+    """Exercise 3: append to cache.keys / cache.values (dim 2), then causal attention of the new
+    queries over everything cached. Shapes: (B, H, T_new, d) -> (B, H, T_new, d)."""
+    cache.keys = k_new if cache.keys is None else torch.cat([cache.keys, k_new], dim=2)
+    cache.values = v_new if cache.values is None else torch.cat([cache.values, v_new], dim=2)
+    return _causal_attention(q_new, cache.keys, cache.values, cache.keys.shape[2] - q_new.shape[2])
+
+
 def _describe_cache(value) -> str:
     return "None" if value is None else (f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
                                          else type(value).__name__)
 
 
-@exercise("Exercise 3 — one attention step with a KV cache")
+@exercise("Exercise 3 — one attention step with a KV cache", reference=reference_attend_with_cache)
 def attend_with_cache(check: Check, fn: Callable) -> None:
     runs = [((2, 3, 11, 8), (4, 1, 1, 3, 1, 1)), ((1, 2, 6, 4), (1, 1, 1, 1, 1, 1)), ((2, 2, 5, 16), (5,))]
     if check.hidden:

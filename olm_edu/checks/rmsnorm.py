@@ -137,7 +137,7 @@ def _check_parameters(check: Check, layer: object, dim: int, eps: float) -> None
                  f"{getattr(layer, 'eps', None)!r}. Hint: store the eps argument as self.eps")
 
 
-@exercise("Exercise 1 — RMSNorm")
+@exercise("Exercise 1 — RMSNorm", reference=ReferenceRMSNorm)
 def rms_norm(check: Check, rms_norm_class: Callable[..., nn.Module]) -> None:
     """RMSNorm(dim, eps=1e-6): one weight parameter, no built-in rms_norm, float32 maths."""
     check.forbid(*_BUILTIN_RMS_NORM, reason="Exercise 1 asks you to write RMSNorm from a mean of squares and a square root")
@@ -290,7 +290,20 @@ def _llama_dtype_mistakes(x: torch.Tensor, weight: torch.Tensor, eps: float) -> 
     ] + [(LLAMA_IN_LOW_PRECISION, wrong) for wrong in _all_low_precision(x, weight, eps)]
 
 
-@exercise("Exercise 2 — Llama's precision convention")
+def _norm_function(convention: str) -> Callable[..., torch.Tensor]:
+    """The library's RMSNorm with the given convention as a function of (x, weight, eps)."""
+
+    def norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        layer = ReferenceRMSNorm(weight.shape[-1], eps, convention=convention).to(weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        return layer(x).detach()
+
+    norm.__name__ = f"{convention}_rms_norm"
+    return norm
+
+
+@exercise("Exercise 2 — Llama's precision convention", reference=_norm_function("llama"))
 def llama_rms_norm(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     """llama_rms_norm(x, weight, eps): float32 maths, cast back, then multiply by weight."""
     check.forbid(*_BUILTIN_RMS_NORM, reason="Exercise 2 asks you to write the float32 normalisation yourself")
@@ -343,7 +356,7 @@ def _gemma_dtype_mistakes(x: torch.Tensor, weight: torch.Tensor, eps: float) -> 
          for wrong in _all_low_precision(x, 1.0 + weight, eps)]
 
 
-@exercise("Exercise 3 — Gemma's (1 + w) RMSNorm")
+@exercise("Exercise 3 — Gemma's (1 + w) RMSNorm", reference=_norm_function("gemma"))
 def gemma_rms_norm(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     """gemma_rms_norm(x, weight, eps): float32 maths times (1 + weight), cast at the end."""
     check.forbid(*_BUILTIN_RMS_NORM, reason="Exercise 3 asks you to write the float32 normalisation yourself")

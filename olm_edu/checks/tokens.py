@@ -25,6 +25,16 @@ HIDDEN_TEXTS = (
 )
 
 
+def reference_encode(text: str, merges: Merges) -> list[int]:
+    """The library's byte-level BPE (no pre-tokenising split), with Exercise 4's signature."""
+    return reference.BPETokenizer(reference.vocab_from_merges(merges), merges, pattern=None).encode_ordinary(text)
+
+
+def reference_decode(ids: list[int], merges: Merges) -> str:
+    """The library's decoding (invalid UTF-8 becomes U+FFFD), with Exercise 4's signature."""
+    return reference.BPETokenizer(reference.vocab_from_merges(merges), merges, pattern=None).decode(ids)
+
+
 def _random_ids(check: Check, length: int, alphabet: int) -> list[int]:
     return check.randint(0, alphabet, length).tolist()
 
@@ -38,7 +48,7 @@ def _sequences(check: Check) -> list[list[int]]:
     return cases
 
 
-@exercise("Exercise 1 — count adjacent pairs")
+@exercise("Exercise 1 — count adjacent pairs", reference=reference.get_pair_counts)
 def pair_counts(check: Check, fn: Callable[[list[int]], PairCounts]) -> None:
     for ids in _sequences(check):
         got = check.call(fn, list(ids), what=f"get_pair_counts({ids})")
@@ -54,7 +64,7 @@ def pair_counts(check: Check, fn: Callable[[list[int]], PairCounts]) -> None:
         check.expect(all(count > 0 for count in got.values()), "get_pair_counts should not list pairs with count 0")
 
 
-@exercise("Exercise 2 — merge a pair")
+@exercise("Exercise 2 — merge a pair", reference=reference.merge)
 def merge(check: Check, fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     cases = [([5, 5, 5], (5, 5), 256), ([1, 2, 3, 1, 2], (1, 2), 300), ([1, 2], (2, 1), 256), ([], (1, 2), 256),
              ([3, 4, 3, 4, 3, 4], (3, 4), 999), ([9, 1, 2], (1, 2), 256)]
@@ -70,7 +80,7 @@ def merge(check: Check, fn: Callable[[list[int], tuple[int, int], int], list[int
         check.expect(ids == original, f"{call} changed the list it was given; build and return a new list")
 
 
-@exercise("Exercise 3 — train BPE")
+@exercise("Exercise 3 — train BPE", reference=reference.train_naive)
 def train(check: Check, fn: Callable[[list[int], int], Merges]) -> None:
     texts = TEXTS + (HIDDEN_TEXTS if check.hidden else ())
     for text in texts:
@@ -107,7 +117,7 @@ def train(check: Check, fn: Callable[[list[int], int], Merges]) -> None:
         check.passed += 1
 
 
-@exercise("Exercise 4 — encode and decode")
+@exercise("Exercise 4 — encode and decode", reference=(reference_encode, reference_decode))
 def encode_decode(check: Check, encode: Callable[[str, Merges], list[int]],
                   decode: Callable[[list[int], Merges], str]) -> None:
     training_text = " ".join(TEXTS) * 3

@@ -23,7 +23,12 @@ QKV = ("q", "k", "v")
 
 # -- Exercise 1: Conv1D -> nn.Linear ---------------------------------------------------------------
 
-@exercise("Exercise 1 — Conv1D weight to nn.Linear")
+def reference_conv1d_to_linear(weight: torch.Tensor) -> torch.Tensor:
+    """Conv1D's (in, out) weight as nn.Linear's (out, in), a new tensor."""
+    return weight.t().contiguous()
+
+
+@exercise("Exercise 1 — Conv1D weight to nn.Linear", reference=reference_conv1d_to_linear)
 def conv1d_to_linear(check: Check, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     cases = [((4, 6), torch.float32), ((6, 4), torch.float32), ((5, 5), torch.float32), ((48, 144), torch.float32)]
     if check.hidden:
@@ -42,8 +47,8 @@ def conv1d_to_linear(check: Check, fn: Callable[[torch.Tensor], torch.Tensor]) -
                     "transpose it" if tuple(got.shape) == (fan_in, fan_out) else "nn.Linear stores (out_features, "
                     "in_features)")
             check.fail(f"{call}: expected shape ({fan_out}, {fan_in}), got {tuple(got.shape)}. Hint: {hint}")
-        x = check.randn(3, fan_in, dtype=dtype)
-        if not torch.allclose(F.linear(x, got), x @ original, atol=1e-6, rtol=1e-5):
+        # A conversion only moves numbers: the values must be exactly the transpose (any memory layout).
+        if not torch.equal(got, original.t()):
             if torch.equal(got, original):
                 check.fail(f"{call}: you returned the weight unchanged. It is square, so the shape looks right, but "
                            "nn.Linear computes x @ W.T: the numbers must be transposed (weight.t()). A missing "
@@ -52,8 +57,9 @@ def conv1d_to_linear(check: Check, fn: Callable[[torch.Tensor], torch.Tensor]) -
                 check.fail(f"{call}: you reshaped the weight. reshape/view keeps the numbers in memory order and "
                            "re-cuts them into rows of a new length, which mixes up rows and columns; transposing "
                            "swaps the axes. Hint: weight.t() (or weight.T)")
-            check.fail(f"{call}: F.linear(x, your_weight) should equal x @ weight, the Conv1D computation. "
-                       "Hint: the nn.Linear weight is the transpose of the Conv1D weight")
+            check.fail(f"{call}: your weight should hold the Conv1D weight's numbers transposed, so that "
+                       "F.linear(x, your_weight) equals x @ weight. Hint: the nn.Linear weight is the transpose of the "
+                       "Conv1D weight")
         check.passed += 1
 
 
@@ -81,7 +87,12 @@ def _qkv_candidates(weight: torch.Tensor, bias: torch.Tensor, n_embd: int) -> di
     return {"weight": weights, "bias": biases}
 
 
-@exercise("Exercise 2 — split the fused q/k/v matrix")
+def reference_split_qkv(c_attn_weight: torch.Tensor, c_attn_bias: torch.Tensor, n_embd: int):
+    """Exercise 2: ((q_weight, q_bias), (k_weight, k_bias), (v_weight, v_bias)) in nn.Linear's layout."""
+    return tuple((w.contiguous(), b.clone()) for w, b in _reference_split(c_attn_weight, c_attn_bias, n_embd))
+
+
+@exercise("Exercise 2 — split the fused q/k/v matrix", reference=reference_split_qkv)
 def split_qkv(check: Check, fn: Callable) -> None:
     sizes = [6, 4, 48] + ([12, 1, 96] if check.hidden else [])
     for n_embd in sizes:
@@ -202,7 +213,12 @@ def _expected_config(n_layer: int) -> dict:
     return dict(vocab_size=37, max_seq_len=16, embed_dim=24, num_layers=n_layer, num_heads=4)
 
 
-@exercise("Exercise 3 — convert a GPT-2 state dict")
+def reference_convert_gpt2_state_dict(hf_state_dict: dict, n_layer: int) -> dict[str, torch.Tensor]:
+    """Exercise 3's conversion: transformers' GPT-2 names and layouts -> the lesson's GPT2."""
+    return {name: tensor.contiguous() for name, (tensor, _) in _reference_convert(hf_state_dict, n_layer).items()}
+
+
+@exercise("Exercise 3 — convert a GPT-2 state dict", reference=reference_convert_gpt2_state_dict)
 def convert_state_dict(check: Check, fn: Callable, model_class: type | None = None) -> None:
     settings = [(2, 12, 23, 10, False)] + ([(3, 24, 41, 12, True), (1, 6, 5, 4, False)] if check.hidden else [])
     for n_layer, n_embd, vocab_size, n_positions, with_head in settings:

@@ -121,6 +121,15 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             ("def scaled_dot_product_attention(q, k, v, mask=None):\n"
              "    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n",
              "your code calls torch.nn.functional.scaled_dot_product_attention, which is not allowed here"),
+            (_sdpa(masked="~mask").replace("float('-inf')", "0.0"), "you filled the masked scores with 0"),
+            (_sdpa(scores="q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1])"), "you scaled by sqrt of the value width"),
+            ("def scaled_dot_product_attention(q, k, v, mask=None):\n"  # right output, but the caller's q is scaled
+             "    q /= math.sqrt(q.shape[-1])\n"
+             "    scores = q @ k.transpose(-2, -1)\n"
+             "    if mask is not None:\n"
+             "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+             "    return torch.softmax(scores, dim=-1) @ v\n",
+             "changed its input q in place"),
         ],
         "causal_mask": [
             ("def causal_mask(length):\n    return torch.tril(torch.ones(length, length))\n",
@@ -141,6 +150,31 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_multi_head(_SPLIT, "scaled_dot_product_attention(q, k, v)", _MERGE),
              "your attention sees the future; pass causal_mask(T)"),
             (_multi_head(_SPLIT, _ATTEND, _MERGE, project="out"), "must go through the output projection o_proj"),
+            (_multi_head("view(B, self.num_heads, T, self.head_dim)", _ATTEND, "reshape(B, T, C)"),
+             "without a transpose"),
+            (_multi_head("view(B, self.num_heads, T, self.head_dim)", _ATTEND, _MERGE), "without a transpose"),
+        ],
+    },
+}
+
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "03_attention.ipynb": {
+        "sdpa": [
+            # einsum, rsqrt on q's copy, a where() for the mask: the same maths written differently
+            "def scaled_dot_product_attention(q, k, v, mask=None):\n"
+            "    scores = torch.einsum('...qd,...kd->...qk', q * torch.rsqrt(torch.tensor(float(q.shape[-1]))), k)\n"
+            "    if mask is not None:\n"
+            "        scores = torch.where(mask, scores, torch.tensor(float('-inf')))\n"
+            "    return torch.softmax(scores, dim=-1) @ v\n",
+        ],
+        "causal_mask": [
+            "def causal_mask(length):\n"
+            "    positions = torch.arange(length)\n"
+            "    return positions[None, :] <= positions[:, None]\n",
+        ],
+        "multi_head": [
+            _multi_head("unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 2, 1, 3)", _ATTEND,
+                        "permute(0, 2, 1, 3).flatten(2)"),
         ],
     },
 }

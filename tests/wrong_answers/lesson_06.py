@@ -78,6 +78,12 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
                 "    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())\n",
                 "not allowed here",
             ),
+            (  # stable for one row, not for rows whose maxima lie far apart
+                "def cross_entropy(logits, targets):\n"
+                "    shifted = logits - logits.max()\n"
+                "    log_probs = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()\n" + _LOG_PROBS_TAIL,
+                "not one maximum over the whole tensor",
+            ),
         ],
         "bigram_log_probs": [
             (
@@ -127,6 +133,40 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
                 "    return min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2\n",
                 "cap progress at 1",
             ),
+            (  # the warm-up fraction computed before the test: fails only when there is no warm-up
+                "import math\n\n"
+                "def lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr):\n"
+                "    warm = max_lr * (step + 1) / warmup_steps\n"
+                "    if step < warmup_steps:\n"
+                "        return warm\n"
+                "    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))\n"
+                "    return min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2\n",
+                "ZeroDivisionError",
+            ),
+        ],
+    },
+}
+
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "06_training.ipynb": {
+        "cross_entropy": [
+            # upcasts to float32 (a float64 input is computed in float32): the exercise asks for no dtype
+            "def cross_entropy(logits, targets):\n"
+            "    logits = logits.float()\n"
+            "    top = logits.amax(dim=-1, keepdim=True)\n"
+            "    log_norm = top + (logits - top).exp().sum(dim=-1, keepdim=True).log()\n"
+            "    picked = torch.take_along_dim(logits, targets[..., None], dim=-1)\n"
+            "    return (log_norm - picked).mean()\n",
+        ],
+        "lr_schedule": [
+            "import math\n\n"
+            "def lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr):\n"
+            "    if step < warmup_steps:\n"
+            "        return (step + 1) / warmup_steps * max_lr\n"
+            "    if step >= total_steps:\n"
+            "        return min_lr\n"
+            "    cosine = math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps))\n"
+            "    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + cosine)\n",
         ],
     },
 }
