@@ -105,9 +105,6 @@ def _client(nb, **options) -> NotebookClient:
 RUN_ALL_STOPS = {
     "01_tokens.ipynb", "02_embeddings.ipynb", "03_attention.ipynb", "04_block.ipynb", "05_gpt2.ipynb",
     "06_training.ipynb", "07_generation.ipynb", "08_gpt2_weights.ipynb", "09_rmsnorm.ipynb",
-    "10_rope.ipynb", "11_gated_ffn.ipynb", "12_gqa.ipynb", "13_llama3.ipynb", "14_qwen_stability.ipynb",
-    "15_sliding_windows.ipynb", "16_moe.ipynb", "17_deepseek_v3.ipynb", "18_ablation_lab.ipynb",
-    "19_model_cards.ipynb",
 }
 
 
