@@ -11,12 +11,14 @@ F = hidden_dim::
                the lightning indexer of sparse attention (H_I = index_heads, h_I = index_head_dim):
                r_q*H_I*h_I (queries) + d*h_I (key) + 2*h_I (its LayerNorm) + d*H_I (head weights)
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
-               MoE layer (E experts of width F_e, k per token, S shared): router E*d, experts
-               E*3*d*F_e, shared experts one glu of width S*F_e; a token uses the router, k
-               experts and the shared ones
-    norms      2 per layer ("pre", "post") or 4 ("sandwich"), each d (+ d bias for layernorm);
-               qk_norm adds 2*h; MLA adds its latent norms r_q + r; "pre" and "sandwich" add
-               one final norm
+               MoE layer (E experts of width F_e, k per token, S shared): router E*d (+ E with
+               router_bias), experts E*3*d*F_e (+ E*(2*F_e + d) with expert_bias), shared experts
+               one glu of width S*F_e; a token uses the router, k experts and the shared ones
+               attention sinks add H per layer (one logit per head)
+    norms      2 per layer ("pre", "post", "post_sublayer") or 4 ("sandwich"), each d (+ d bias
+               for layernorm); qk_norm adds 2*h per head-wise norm, or (H + K)*h over the
+               projections (qk_norm_scope="projection"); MLA adds its latent norms r_q + r;
+               every placement but "post" adds one final norm
 
 plus the token table (vocab * d), a learned position table (max_seq_len * d), and an output head
 (vocab * d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
@@ -111,7 +113,7 @@ def _attention_params(cfg: ModelConfig) -> int:
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     weights = d * q_width + 2 * d * kv_width + q_width * d
     biases = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
-    return weights + biases
+    return weights + biases + cfg.num_heads * cfg.attention_sinks
 
 
 def _dense_ffn_params(cfg: ModelConfig, hidden: int, bias: bool) -> int:
@@ -127,8 +129,8 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
     if not cfg.is_moe_layer(index):
         dense = _dense_ffn_params(cfg, cfg.hidden_dim, cfg.ffn_bias)
         return dense, dense
-    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=False)
-    always = cfg.num_experts * cfg.embed_dim  # the router
+    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=cfg.expert_bias)
+    always = cfg.num_experts * (cfg.embed_dim + cfg.router_bias)  # the router
     if cfg.num_shared_experts:
         always += _dense_ffn_params(cfg, cfg.num_shared_experts * cfg.expert_width, cfg.ffn_bias)
     return always + cfg.num_experts * expert, always + cfg.experts_per_token * expert
@@ -137,8 +139,9 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
 def _norm_params(cfg: ModelConfig) -> int:
     """All normalisation weights: per layer, the final norm, and qk_norm's per-head norms."""
     one_norm = cfg.embed_dim * (2 if cfg.norm_bias else 1)
-    per_layer = {"pre": 2, "post": 2, "sandwich": 4}[cfg.norm_placement] * one_norm
-    per_layer += 2 * cfg.head_size if cfg.qk_norm else 0
+    per_layer = {"pre": 2, "post": 2, "sandwich": 4, "post_sublayer": 2}[cfg.norm_placement] * one_norm
+    if cfg.qk_norm:
+        per_layer += 2 * cfg.head_size if cfg.qk_norm_scope == "head" else (cfg.num_heads + cfg.kv_heads) * cfg.head_size
     per_layer += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
     # "post" (the 2017 layout) ends every block with a norm, so it has no final norm
     final = 0 if cfg.norm_placement == "post" else one_norm
@@ -270,3 +273,45 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     flops["forward"] = sum(flops.values())
     flops["training"] = 3 * flops["forward"]
     return flops
+
+
+# ---------------------------------------------------------------------------
+# Training memory per rank (lesson 25)
+# ---------------------------------------------------------------------------
+
+SHARDING = ("ddp", "zero1", "zero2", "fsdp")
+
+
+def training_bytes_per_rank(
+    cfg: ModelConfig,
+    world_size: int,
+    sharding: str = "fsdp",
+    *,
+    param_bytes: int = 2,
+    grad_bytes: int = 2,
+    optimizer_bytes: int = 12,
+) -> dict[str, int]:
+    """Bytes each of `world_size` ranks holds for the model's training state (activations excluded).
+
+    Mixed-precision AdamW (the ZeRO paper's accounting): bf16 parameters (2 bytes each) and
+    gradients (2), and an fp32 master copy plus Adam's two moments (4 + 4 + 4 = 12): 16 bytes
+    per parameter N in all. What each `sharding` splits over the ranks:
+        ddp    nothing: every rank holds everything, 16 N
+        zero1  the optimiser state:                  (2 + 2) N + 12 N / world_size
+        zero2  optimiser state and gradients:        2 N + (2 + 12) N / world_size
+        fsdp   (ZeRO-3) parameters too:               16 N / world_size
+    A shard holds ceil(N / world_size) elements. Returns {"parameters", "gradients",
+    "optimizer", "total"} in bytes per rank.
+    """
+    from olm_edu.choices import check_choice
+
+    check_choice("sharding", sharding, SHARDING)
+    _check_positive("world_size", world_size)
+    total = count_params(cfg).total
+    shard = -(-total // world_size)
+    split = {"ddp": (), "zero1": ("optimizer",), "zero2": ("optimizer", "gradients"),
+             "fsdp": ("optimizer", "gradients", "parameters")}[sharding]
+    sizes = {"parameters": param_bytes, "gradients": grad_bytes, "optimizer": optimizer_bytes}
+    per_rank = {part: (shard if part in split else total) * size for part, size in sizes.items()}
+    per_rank["total"] = sum(per_rank.values())
+    return per_rank

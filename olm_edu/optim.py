@@ -15,7 +15,11 @@ Muon (momentum, orthogonalised)
     (3.4445, -4.7750, 2.0315) are Keller Jordan's: they push small singular values up fast and
     settle near, not at, 1 (about 0.7 to 1.2), which trains as well as the exact U V^T.
 
-    torch.optim.Muon implements it; `lr' = lr * 0.2 * sqrt(max(out, in))` ("match_rms_adamw",
+    torch.optim.Muon implements it; `Muon` here is the same optimiser with one more option, the
+    dtype of the Newton–Schulz iteration: torch runs it in bfloat16, which is fast on GPUs but
+    slow on CPUs for the small matrices of the course (each bfloat16 matmul costs milliseconds
+    there), so the course runs it in float32 on the CPU. With ns_dtype="bfloat16" it equals
+    torch.optim.Muon bit for bit (tests/test_optim.py). `lr' = lr * 0.2 * sqrt(max(out, in))` ("match_rms_adamw",
     Moonshot's Moonlight) gives the update the RMS of an AdamW update, so Muon can share AdamW's
     learning rate and weight decay. Muon is for hidden matrices only: the embeddings (a lookup,
     not a linear map of the input), the output head, the norms' gains and the biases stay on
@@ -35,6 +39,7 @@ Warm-up–stable–decay (WSD, `wsd_lr`)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -44,6 +49,7 @@ from olm_edu.choices import check_choice
 
 __all__ = [
     "MUON_COEFFICIENTS",
+    "Muon",
     "OPTIMIZERS",
     "SCHEDULES",
     "Optimizers",
@@ -90,6 +96,62 @@ def newton_schulz(
         polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A A, one rounding
         x = torch.addmm(x, polynomial, x, beta=a)  # a X + (b A + c A A) X
     return x.T if tall else x
+
+
+_NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def _muon_lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning-rate factor for a weight (out, in)."""
+    rows, columns = shape[:2]
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1.0, rows / columns))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, columns))
+    return 1.0
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with the dtype of its Newton–Schulz iteration as an option.
+
+    For each matrix W with gradient G and momentum buffer M (all (out, in)):
+        M <- mu M + (1 - mu) G                      (an exponential average, as torch keeps it)
+        U  = G + mu (M - G) if nesterov else M      (lerp(G, M, mu))
+        O  = newton_schulz(U) in ns_dtype
+        W <- W (1 - lr wd) - lr * scale(W) * O      (scale: see `adjust_lr_fn` of torch.optim.Muon)
+    ns_dtype: "bfloat16" (torch's choice) or "float32" (faster on CPUs for small matrices).
+    """
+
+    def __init__(self, params, *, ns_dtype: str = "bfloat16", **kwargs):
+        check_choice("ns_dtype", ns_dtype, tuple(_NS_DTYPES))
+        super().__init__(params, **kwargs)
+        self.defaults["ns_dtype"] = ns_dtype
+        for group in self.param_groups:
+            group.setdefault("ns_dtype", ns_dtype)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                gradient = parameter.grad
+                state = self.state[parameter]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(gradient)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(gradient, 1 - momentum)
+                update = gradient.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = newton_schulz(update, group["ns_steps"], group["ns_coefficients"], group["eps"],
+                                       dtype=_NS_DTYPES[group["ns_dtype"]])
+                parameter.mul_(1 - lr * group["weight_decay"])
+                parameter.add_(update, alpha=-lr * _muon_lr_scale(group["adjust_lr_fn"], parameter.shape))
+        return loss
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +224,7 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.95),
     muon_lr: float | None = None,
     muon_momentum: float = 0.95,
+    ns_dtype: str | None = None,
 ) -> Optimizers:
     """The optimiser(s) of a recipe, as one `Optimizers`.
 
@@ -169,6 +232,7 @@ def make_optimizer(
     06's `olm_edu.train.weight_decay_groups`). "muon": torch.optim.Muon (Nesterov, 5
     Newton–Schulz steps, "match_rms_adamw" scaling) at `muon_lr` (default `lr`) on the hidden
     matrices, AdamW at `lr` on the rest (embeddings and head decayed, vectors not).
+    ns_dtype: Muon's Newton–Schulz dtype; default bfloat16 on GPUs, float32 elsewhere.
     """
     from olm_edu.train import weight_decay_groups
 
@@ -180,8 +244,11 @@ def make_optimizer(
         return Optimizers(torch.optim.AdamW(groups, lr=lr, betas=betas))
     muon_params, adamw_params = muon_split(model)
     muon_lr = lr if muon_lr is None else muon_lr
-    muon = torch.optim.Muon([p for _, p in muon_params], lr=muon_lr, weight_decay=weight_decay,
-                            momentum=muon_momentum, adjust_lr_fn="match_rms_adamw")
+    if ns_dtype is None:
+        on_gpu = bool(muon_params) and muon_params[0][1].device.type == "cuda"
+        ns_dtype = "bfloat16" if on_gpu else "float32"
+    muon = Muon([p for _, p in muon_params], lr=muon_lr, weight_decay=weight_decay, momentum=muon_momentum,
+                adjust_lr_fn="match_rms_adamw", ns_dtype=ns_dtype)
     muon.param_groups[0]["max_lr"] = muon_lr
     groups = [
         {"params": [p for _, p in adamw_params if p.dim() >= 2], "weight_decay": weight_decay, "max_lr": lr},

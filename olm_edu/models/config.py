@@ -17,7 +17,8 @@ from typing import Any
 from olm_edu.choices import check_choice
 
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
-NORM_PLACEMENTS = ("pre", "post", "sandwich")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "post_sublayer")
+QK_NORM_SCOPES = ("head", "projection")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
@@ -48,7 +49,9 @@ class ModelConfig:
         norm: "layernorm" (GPT-2), "rmsnorm" (Llama convention: normalise in float32, cast
         back, multiply by weight), "rmsnorm_gemma" (x_normed * (1 + weight), cast after).
         norm_placement: "pre" (GPT-2 and later), "post" (the 2017 transformer), "sandwich"
-        (Gemma 2: a norm before and after each sub-layer). norm_eps, norm_bias.
+        (Gemma 2: a norm before and after each sub-layer), "post_sublayer" (OLMo 2/3: the norm
+        applied to the sub-layer's output inside the residual branch, x + norm(f(x)), and no
+        norm before it; a final norm as "pre"). norm_eps, norm_bias.
     Positions
         position: "learned" (GPT-2), "sinusoidal", "rope", "alibi", "none".
         rope_theta, rope_scaling (the transformers dict, e.g. {"rope_type": "llama3",
@@ -57,6 +60,10 @@ class ModelConfig:
         nope_layers: indices of the layers whose attention has no positional encoding at all
         ("NoPE": no rotation of queries and keys; Llama 4 every fourth layer, SmolLM3);
         None: every layer rotates. Only with position="rope".
+        rope_theta_local, rope_scaling_local: the RoPE of the sliding-window layers when it differs
+        from the full layers' (Gemma 3: base 10,000 locally, 1,000,000 and a scaling globally;
+        OLMo 3: the scaling on full layers only). None: every layer uses rope_theta and
+        rope_scaling; rope_scaling_local needs rope_theta_local.
     Feed-forward
         ffn: "classic" (up, activation, down) or "glu" (down(act(gate x) * up x): SwiGLU with
         "silu", GeGLU with "gelu"/"gelu_tanh"). activation, ffn_bias.
@@ -65,6 +72,13 @@ class ModelConfig:
         RoPE), attn_logit_softcap, query_pre_attn_scalar (scale = its -1/2 power; None:
         head_dim), sliding_window, layer_types (per layer "full_attention" or
         "sliding_attention"; None: all sliding if sliding_window else all full), causal.
+        qk_norm_scope: "head" (one RMSNorm of head_dim shared by every head: Qwen 3, Gemma 3) or
+        "projection" (OLMo 2/3: one RMSNorm over the whole query projection, num_heads * head_dim
+        wide, and one over the keys, num_kv_heads * head_dim, before splitting into heads).
+        The QK-norms follow `norm`'s convention (Gemma's (1 + w) for "rmsnorm_gemma").
+        attention_sinks (gpt-oss): each head learns one extra logit s_h that joins the softmax
+        denominator, softmax over [scores, s_h] with the sink's column dropped, so a head can put
+        its mass "nowhere" instead of on the first token.
     Multi-head latent attention (DeepSeek-V2/V3; see olm_edu.nn.mla)
         attention: "standard" (MHA/GQA/MQA, the knobs above) or "mla". With "mla", keys and
         values come out of a latent of kv_latent_dim per token (kv_lora_rank), queries out of
@@ -90,6 +104,11 @@ class ModelConfig:
         router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
         a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
         balance); routed_scaling_factor (multiplies the routed experts' weights).
+        gpt-oss: router_bias (a learned bias on the router logits), expert_bias (biases on every
+        expert's gate, up and down projections), swiglu_limit (the clamped SwiGLU of its experts:
+        gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha *
+        gate), alpha = swiglu_alpha; None: the plain SwiGLU). Its router, softmax over the top-k
+        logits, is router_scoring="softmax" with router_renormalize=True (the same numbers).
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -139,6 +158,10 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     causal: bool = True
+    qk_norm_scope: str = "head"
+    attention_sinks: bool = False
+    rope_theta_local: float | None = None
+    rope_scaling_local: dict[str, Any] | None = None
     # multi-head latent attention
     attention: str = "standard"
     q_latent_dim: int | None = None
@@ -162,6 +185,10 @@ class ModelConfig:
     router_group_score: str = "max"
     router_selection_bias: bool = False
     routed_scaling_factor: float = 1.0
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.702
     # multi-token prediction
     mtp_layers: int = 0
     # embeddings and output
@@ -233,6 +260,12 @@ class ModelConfig:
             return self.layer_types[index]
         return "sliding_attention" if self.sliding_window else "full_attention"
 
+    def rope_of_layer(self, index: int) -> tuple[float, dict[str, Any] | None]:
+        """(theta, scaling) of layer `index`'s RoPE: the local pair on sliding layers when set."""
+        if self.rope_theta_local is not None and self.layer_type(index) == "sliding_attention":
+            return self.rope_theta_local, self.rope_scaling_local
+        return self.rope_theta, self.rope_scaling
+
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some knobs changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -297,6 +330,7 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(f"dropout={cfg.dropout} must be in [0, 1)")
     _validate_mla(cfg)
     _validate_moe(cfg)
+    _validate_frontier(cfg)
     _positive_or_zero("mtp_layers", cfg.mtp_layers)
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
@@ -376,6 +410,7 @@ def _validate_indexer(cfg: ModelConfig) -> None:
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
+    "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 
 
@@ -415,3 +450,32 @@ def _validate_moe(cfg: ModelConfig) -> None:
         raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
     if not cfg.routed_scaling_factor > 0:
         raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")
+
+
+def _validate_frontier(cfg: ModelConfig) -> None:
+    """The 2025 knobs: QK-norm scope, sinks, per-layer RoPE, gpt-oss's clamped experts."""
+    check_choice("qk_norm_scope", cfg.qk_norm_scope, QK_NORM_SCOPES)
+    if cfg.qk_norm_scope != "head" and not cfg.qk_norm:
+        raise ValueError(f"qk_norm_scope={cfg.qk_norm_scope!r} needs qk_norm=True")
+    if cfg.attention_sinks and cfg.attention != "standard":
+        raise ValueError("attention_sinks=True is not supported with attention='mla'")
+    if cfg.rope_theta_local is not None:
+        if not cfg.rope_theta_local > 0:
+            raise ValueError(f"rope_theta_local={cfg.rope_theta_local!r} must be positive (or None)")
+    elif cfg.rope_scaling_local is not None:
+        raise ValueError("rope_scaling_local is set but rope_theta_local is None; set both (the sliding layers' RoPE)")
+    for name in ("rope_theta_local", "rope_scaling_local"):
+        if getattr(cfg, name) is not None and cfg.position != "rope":
+            raise ValueError(f"{name} is set but position={cfg.position!r}; it needs position='rope'")
+    if cfg.swiglu_limit is not None:
+        if not cfg.swiglu_limit > 0:
+            raise ValueError(f"swiglu_limit={cfg.swiglu_limit!r} must be positive (or None: no clamp)")
+        if cfg.ffn != "glu" or cfg.activation != "silu":
+            raise ValueError(
+                f"swiglu_limit clamps a SwiGLU: it needs ffn='glu' and activation='silu', got ffn={cfg.ffn!r}, "
+                f"activation={cfg.activation!r}"
+            )
+    if not cfg.swiglu_alpha > 0:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} must be positive")
+    if cfg.swiglu_alpha != 1.702 and cfg.swiglu_limit is None:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} is a knob of the clamped SwiGLU; set swiglu_limit")
