@@ -104,9 +104,6 @@ def _client(nb, **options) -> NotebookClient:
 # learner's stub instead of the library's reference (issue 16). Remove a lesson once it runs to the end.
 RUN_ALL_STOPS = {
     "06_training.ipynb", "07_generation.ipynb",
-    "10_rope.ipynb", "11_gated_ffn.ipynb", "12_gqa.ipynb", "13_llama3.ipynb", "14_qwen_stability.ipynb",
-    "15_sliding_windows.ipynb", "16_moe.ipynb", "17_deepseek_v3.ipynb", "18_ablation_lab.ipynb",
-    "19_model_cards.ipynb",
 }
 
 
