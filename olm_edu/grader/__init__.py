@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,19 +40,26 @@ import psutil
 import olm_edu
 from olm_edu.grader.assemble import Exercise, assemble, exercises_of
 from olm_edu.grader.report import write_reports
+from olm_edu.grader.sandbox import SandboxLimits, SandboxUnavailable, sandbox_problem, sandbox_uid
 
 __all__ = ["Limits", "ExerciseResult", "SubmissionResult", "grade", "find_solution", "student_name"]
 
-STUDENT_FAULTS = ("invalid notebook", "time limit", "memory limit", "kernel died", "flagged", "modified course files")
+STUDENT_FAULTS = ("invalid notebook", "time limit", "memory limit", "process limit", "kernel died", "modified course files")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """How long and how much memory one submission may use."""
+    """How long, how much memory, how many processes and how much disk one submission may use."""
 
     notebook_seconds: float = 300.0
     cell_seconds: float = 60.0
-    memory_mb: int = 4096
+    memory_mb: int = 4096  # resident memory of the whole process tree
+    processes: int = 256  # processes and threads in the sandbox
+    disk_mb: int = 256  # the working folder (/home/student); /tmp and /dev/shm get half each
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(processes=self.processes, address_space_mb=max(16384, 4 * self.memory_mb),
+                             file_mb=min(64, self.disk_mb), home_mb=self.disk_mb, tmp_mb=max(16, self.disk_mb // 2))
 
 
 @dataclass
@@ -130,9 +139,16 @@ def _restore_changes(snapshot: dict[Path, bytes]) -> list[str]:
     return changed
 
 
-def _tree_rss(process: psutil.Process) -> int:
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def _tree_rss(members: list[psutil.Process]) -> int:
     total = 0
-    for member in [process, *process.children(recursive=True)]:
+    for member in members:
         try:
             total += member.memory_info().rss
         except psutil.Error:
@@ -141,7 +157,7 @@ def _tree_rss(process: psutil.Process) -> int:
 
 
 def _kill_tree(process: psutil.Process) -> None:
-    members = [process, *process.children(recursive=True)]
+    members = _tree(process)
     for member in members:
         try:
             member.kill()
@@ -150,11 +166,31 @@ def _kill_tree(process: psutil.Process) -> None:
     psutil.wait_procs(members, timeout=10)
 
 
+def _kill_user(uid: int) -> int:
+    """Kill every process still running as the sandbox's user id; how many there were (should be 0:
+    the PID namespace ends them all with the sandbox)."""
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    return len(left)
+
+
 def _run_worker(job: dict, limits: Limits) -> str | None:
-    """Run the worker; return "time limit" / "memory limit" if it had to be stopped."""
-    job_file = Path(job["workdir"]).parent / "job.json"
+    """Run the worker; return "time limit" / "memory limit" / "process limit" if it had to be stopped.
+
+    The watchdog here sums the resident memory and counts the processes of the worker's whole
+    tree (the sandboxed kernel and everything it started: the PID namespace keeps them all
+    children of the sandbox), every 50 ms; the sandbox's own limits (RLIMIT_NPROC, RLIMIT_AS, tmpfs
+    sizes) stop what is too fast for a watchdog.
+    """
+    job_dir = Path(job["results"]).parent
+    job_file = job_dir / "job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
-    log = open(Path(job["workdir"]).parent / "worker.log", "w")
+    log = open(job_dir / "worker.log", "w")
     worker = subprocess.Popen([sys.executable, "-m", "olm_edu.grader.worker", str(job_file)],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     process = psutil.Process(worker.pid)
@@ -162,10 +198,13 @@ def _run_worker(job: dict, limits: Limits) -> str | None:
     stopped = None
     try:
         while worker.poll() is None:
+            members = _tree(process)
             if time.monotonic() > deadline:
                 stopped = "time limit"
-            elif _tree_rss(process) > limits.memory_mb * 2**20:
+            elif _tree_rss(members) > limits.memory_mb * 2**20:
                 stopped = "memory limit"
+            elif len(members) > limits.processes + 8:  # the worker, bwrap, its init and the kernel
+                stopped = "process limit"
             if stopped:
                 _kill_tree(process)
                 break
@@ -174,6 +213,8 @@ def _run_worker(job: dict, limits: Limits) -> str | None:
         if worker.poll() is None:
             _kill_tree(process)
         log.close()
+        if job["sandbox"] and os.geteuid() == 0:
+            job["leftover_processes"] = _kill_user(sandbox_uid(worker.pid))
     return stopped
 
 
@@ -212,7 +253,7 @@ def _score(result: SubmissionResult, exercises: list[Exercise], checks: dict, mi
 
 
 def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits: Limits,
-              snapshot: dict[Path, bytes]) -> SubmissionResult:
+              snapshot: dict[Path, bytes], sandbox: bool = True) -> SubmissionResult:
     """Grade one submitted notebook (see the module docstring for the steps)."""
     result = SubmissionResult(student, str(path))
     exercises = exercises_of(solution)
@@ -228,12 +269,15 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
     result.findings = [str(finding) for finding in graded.findings]
     seed = int(hashlib.sha256(f"{student}/{path.stem}".encode()).hexdigest()[:8], 16)
     with tempfile.TemporaryDirectory(prefix="olm-edu-grade-") as scratch:
-        workdir = Path(scratch, "work")
+        workdir, channel = Path(scratch, "work"), Path(scratch, "channel")
         workdir.mkdir()
+        channel.mkdir()
         notebook_file = Path(scratch, "graded.ipynb")
         nbformat.write(graded.notebook, notebook_file)
-        job = {"notebook": str(notebook_file), "workdir": str(workdir), "results": str(Path(scratch, "results.jsonl")),
-               "token": token, "seed": seed, "cell_timeout": limits.cell_seconds}
+        job = {"notebook": str(notebook_file), "workdir": str(workdir), "channel": str(channel),
+               "results": str(Path(scratch, "results.jsonl")), "token": token, "seed": seed,
+               "cell_timeout": limits.cell_seconds, "sandbox": sandbox, "sandbox_limits": asdict(limits.sandbox_limits()),
+               "judged_here": sorted(graded.check_sources), "check_sources": graded.check_sources}
         stopped = _run_worker(job, limits)
         checks, answer_errors, end = _read_results(Path(job["results"]))
         log_file = Path(scratch, "worker.log")
@@ -243,6 +287,8 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
         result.status, result.detail = stopped, f"the notebook ran longer than {limits.notebook_seconds:g} s and was stopped"
     elif stopped == "memory limit":
         result.status, result.detail = stopped, f"the notebook used more than {limits.memory_mb} MB of memory and was stopped"
+    elif stopped == "process limit":
+        result.status, result.detail = stopped, f"the notebook started more than {limits.processes} processes and was stopped"
     elif end.get("end") == "kernel_died":
         result.status = "kernel died"
         result.detail = f"the Python process ended while running cell {end.get('cell', -1) + 1} of the graded notebook (e.g. os._exit or a crash)"
@@ -251,21 +297,29 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
         result.detail = end.get("detail") or f"the grading worker stopped without a result: {log}"
     if changed:
         result.status, result.detail = "modified course files", "restored: " + ", ".join(changed)
-    elif graded.findings and result.status == "graded":
-        result.status, result.detail = "flagged", "code that could tamper with the checks (listed below); not scored, ask your instructor"
-    scored = result.status not in ("flagged", "modified course files", "system error")
+    if job.get("leftover_processes"):
+        result.findings.append(f"{job['leftover_processes']} process(es) outlived the sandbox and were killed")
+    scored = result.status not in ("modified course files", "system error")
     _score(result, exercises, checks, graded.missing, graded.student_cells, scored, answer_errors)
     result.seconds = time.perf_counter() - start
     return result
 
 
 def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | None = None,
-          limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None) -> list[SubmissionResult]:
+          limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None,
+          sandbox: bool = True) -> list[SubmissionResult]:
     """Grade every notebook under `submissions` for `lesson`; write the reports into `out`.
 
     `protect`: folders whose files a submission must not change (default: the olm_edu package
     and the course's solutions/); any change is undone after the submission and reported.
     """
+    if sandbox:
+        problem = sandbox_problem()
+        if problem:
+            raise SandboxUnavailable(f"cannot grade safely: {problem}")
+    else:
+        warnings.warn("grading WITHOUT a sandbox: student code runs as you, can read solutions/ and other "
+                      "submissions, open network connections and change any file you can", stacklevel=2)
     course = Path(course) if course is not None else Path.cwd()
     solution_path = find_solution(course, lesson)
     solution = nbformat.read(solution_path, as_version=4)
@@ -283,7 +337,7 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     results = []
     for path, student in tqdm(list(zip(files, students)), desc=f"grading {solution_path.stem}", unit="notebook",
                               disable=not progress):
-        results.append(grade_one(path, solution, student, limits, snapshot))
+        results.append(grade_one(path, solution, student, limits, snapshot, sandbox))
     out = Path(out)
     if (out / "feedback").exists():
         shutil.rmtree(out / "feedback")  # re-running replaces the reports, never mixes old and new

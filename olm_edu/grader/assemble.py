@@ -26,7 +26,13 @@ import nbformat
 
 from olm_edu.grader.scan import Finding, scan_source
 
-__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble"]
+__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER"]
+
+# Check modules whose checks only call the learner's functions on data, so the grader's process can
+# run them against proxies (`remote`): nothing in the student's kernel can then change the verdict.
+# The others take the learner's nn.Module classes (isinstance, parameters changed in place) and
+# still run in the (sandboxed) kernel. Each entry is verified by tests/test_grader*.py.
+JUDGED_BY_GRADER = frozenset({"welcome"})
 
 _CHECK_IMPORT = re.compile(r"^from olm_edu\.checks import (\w+) as check$", re.MULTILINE)
 
@@ -48,6 +54,8 @@ class GradedNotebook:
     missing: dict[str, str] = field(default_factory=dict)  # grade_id -> why it scores 0
     findings: list[Finding] = field(default_factory=list)
     student_cells: dict[str, int] = field(default_factory=dict)  # grade_id -> cell number in the submission
+    check_sources: dict[str, str] = field(default_factory=dict)  # check grade_id -> the instructor's source,
+    # for the checks the grader runs in its own process (never sent to the kernel)
 
 
 def _nbgrader(cell) -> dict:
@@ -104,6 +112,8 @@ def assemble(submission: nbformat.NotebookNode, solution: nbformat.NotebookNode,
 
     def check_cell(check_id: str):
         cell = copy.deepcopy(by_grade_id[check_id])
+        if module in JUDGED_BY_GRADER:
+            graded.check_sources[check_id] = cell.source
         cell.source = trusted_check_source(cell.source, module, token)
         cell.outputs = []
         return cell
