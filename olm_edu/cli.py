@@ -3,8 +3,9 @@
     olm-edu lessons            regenerate lessons/ from solutions/
     olm-edu lessons --check    exit 1 (and show a diff) when lessons/ is out of date
     olm-edu run SOLUTION...    execute solution notebooks in place, storing their outputs
-    olm-edu grade SUBMISSIONS... --lesson NN --out DIR
-                               grade a class: DIR/gradebook.csv and DIR/feedback/<student>.html
+    olm-edu grade SUBMISSIONS... --lesson NN --out DIR [--jobs N] [--cluster ADDRESS]
+                               grade a class, each submission in a sandbox:
+                               DIR/gradebook.csv and DIR/feedback/<student>.html
 """
 
 from __future__ import annotations
@@ -44,14 +45,26 @@ def _run(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from olm_edu.grader import STUDENT_FAULTS, Limits, grade
 
+    from olm_edu.grader.sandbox import SandboxUnavailable
+
     limits = Limits(notebook_seconds=args.time_limit, cell_seconds=args.cell_time_limit, memory_mb=args.memory_limit)
-    results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), limits=limits)
+    if args.no_sandbox:
+        print("WARNING: grading WITHOUT a sandbox (--no-sandbox): student code runs as you, can read solutions/ "
+              "and other submissions, use the network and change files and grades", file=sys.stderr)
+    try:
+        results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), limits=limits,
+                        sandbox=not args.no_sandbox, jobs=args.jobs, resume=not args.fresh, cluster=args.cluster)
+    except SandboxUnavailable as error:
+        print(f"olm-edu grade: {error}", file=sys.stderr)
+        return 2
     system = [r for r in results if r.system_error]
     failed = [r for r in results if r.status in STUDENT_FAULTS]
     graded = len(results) - len(system) - len(failed)
+    flagged = [r for r in results if r.findings]
     print(
-        f"graded {graded} of {len(results)} submissions; {len(failed)} did not run to the end or were flagged "
-        f"(see the status column); {len(system)} system errors; gradebook: {Path(args.out) / 'gradebook.csv'}"
+        f"graded {graded} of {len(results)} submissions; {len(failed)} did not run to the end (see the status "
+        f"column); {len(system)} system errors; {len(flagged)} with code to review (the review column); "
+        f"gradebook: {Path(args.out) / 'gradebook.csv'}"
     )
     for result in system:
         print(f"system error for {result.student}: {result.detail}", file=sys.stderr)
@@ -77,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--time-limit", type=float, default=300.0, help="seconds per notebook (default 300)")
     grade.add_argument("--cell-time-limit", type=float, default=60.0, help="seconds per cell (default 60)")
     grade.add_argument("--memory-limit", type=int, default=4096, help="MB per notebook (default 4096)")
+    grade.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU cores)")
+    grade.add_argument("--cluster", default=None, metavar="ADDRESS",
+                       help="grade on a Dask distributed cluster (tcp://scheduler:8786); needs olm-edu[cluster]")
+    grade.add_argument("--fresh", action="store_true",
+                       help="grade everything again instead of resuming from DIR/journal.jsonl")
+    grade.add_argument("--no-sandbox", action="store_true",
+                       help="run student code without the bubblewrap sandbox (unsafe; for machines without bwrap)")
     grade.set_defaults(run=_grade)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -1,21 +1,29 @@
 """`olm-edu grade`: grade a class's notebooks for one lesson, safely, without a database.
 
-    olm-edu grade submissions/ --lesson 01 --out grades/
+    olm-edu grade submissions/ --lesson 01 --out grades/ [--jobs N] [--cluster ADDRESS]
 
 For each submitted notebook:
 1. read it (a file that is not a notebook fails to run, with the reason);
 2. assemble the notebook to run (`assemble`): the student's answers, the course's own checks
    with their hidden tests, everything else as the course wrote it;
-3. run it in a fresh kernel, in its own process and temporary folder, with a time limit per
-   cell and for the whole notebook and a memory limit (`worker`, watched from here);
-4. score each exercise: its points when its check cell printed the grader's token and raised
-   nothing; read the code for cheating (`scan`); check the course's files were not touched.
+3. run it (`worker`): the student's code in a fresh kernel inside a bubblewrap sandbox
+   (`sandbox`: no network, nothing of the grader or the course visible, its own user, limits on
+   time, memory, processes and bytes written, every process gone when it ends); the checks in
+   the grader's own process wherever the lesson allows (`remote`: the kernel only computes the
+   learner's outputs; the references and the verdict never run where student code runs);
+4. score each exercise: its points when its check passed; the code scan (`scan`) is advice for
+   the instructor (the `review` column), never a zero.
 
-Results go to `DIR/gradebook.csv` (a row per student, a column per exercise, the total and the
-status), `DIR/feedback/<student>.html` (what passed, what failed, the check's message, where in
-the notebook), and `DIR/results.json`. Re-running gives the same files: check seeds are pinned
-per student. A status other than "graded" says why a submission was not fully graded, and
-whether that was the submission's doing or the grader's ("system error").
+Submissions are graded N at a time (`jobs`, default: the cores), or on a Dask cluster
+(`cluster`); each result is appended to `DIR/journal.jsonl` as soon as it is known, so an
+interrupted run resumes. Results go to `DIR/gradebook.csv` (a row per student, a column per
+exercise, the total, the status and the scan's findings), `DIR/feedback/<student>.html` (what
+passed, what failed, the check's message, where in the notebook), and `DIR/results.json`.
+Re-running gives the same files: check seeds are pinned per student. A status other than
+"graded" says why a submission was not fully graded, and whether that was the submission's doing
+or the grader's ("system error", whose total is left blank, as is a "duplicate" second file of
+one student). Without bwrap, grading refuses to start unless asked for `sandbox=False`
+(`--no-sandbox`), which warns loudly.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import nbformat
 import psutil
@@ -305,11 +315,65 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
     return result
 
 
+def _result_from_dict(record: dict) -> SubmissionResult:
+    exercises = [ExerciseResult(**e) for e in record.get("exercises", [])]
+    fields = {k: v for k, v in record.items() if k in SubmissionResult.__dataclass_fields__ and k != "exercises"}
+    return SubmissionResult(**fields, exercises=exercises)
+
+
+def _submission_key(solution: Path, student: str, path: Path) -> str:
+    """What makes a stored result reusable: the student, the exact bytes of the submission and of
+    the solution notebook (a changed lesson is graded again)."""
+    content = path.read_bytes() if path.is_file() else b""
+    return "/".join([student, hashlib.sha256(content).hexdigest(), hashlib.sha256(solution.read_bytes()).hexdigest()])
+
+
+def _finished(journal: Path) -> dict[str, SubmissionResult]:
+    """Results already in the journal of an interrupted run (system errors are graded again)."""
+    done = {}
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                result = _result_from_dict(record["result"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the interruption
+            if not result.system_error:
+                done[record["key"]] = result
+    return done
+
+
+def _name_students(files: list[Path], lesson_stem: str) -> tuple[list[tuple[Path, str]], list[SubmissionResult]]:
+    """(file, student) to grade, and a row for each extra file of a student seen twice: the first
+    file (in sorted order) is graded, the others are reported, and the run goes on."""
+    graded, duplicates, seen = [], [], {}
+    for path in files:
+        student = student_name(path, lesson_stem)
+        if student in seen:
+            copy = 2
+            while f"{student}#{copy}" in seen:
+                copy += 1
+            seen[f"{student}#{copy}"] = path
+            duplicates.append(SubmissionResult(f"{student}#{copy}", str(path), status="duplicate",
+                                               detail=f"another submission of {student}; only {seen[student]} was graded"))
+        else:
+            seen[student] = path
+            graded.append((path, student))
+    return graded, duplicates
+
+
 def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | None = None,
           limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None,
-          sandbox: bool = True) -> list[SubmissionResult]:
+          sandbox: bool = True, jobs: int | None = None, resume: bool = True,
+          cluster: str | None = None) -> list[SubmissionResult]:
     """Grade every notebook under `submissions` for `lesson`; write the reports into `out`.
 
+    `jobs`: submissions graded at once (default: the number of CPU cores), each in its own
+    worker and sandbox; the results do not depend on it. Each result is appended to
+    `out/journal.jsonl` as soon as it is known, so a run that is interrupted resumes where it
+    stopped (`resume=False` grades everything again). `cluster`: the address of a Dask
+    distributed scheduler; its workers grade the submissions, each in its own sandbox
+    (`olm_edu.grader.cluster`), and this machine writes the journal and the reports.
     `protect`: folders whose files a submission must not change (default: the olm_edu package
     and the course's solutions/); any change is undone after the submission and reported.
     """
@@ -328,17 +392,42 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
         raise ValueError("no submitted notebooks (.ipynb) found in " + ", ".join(map(str, submissions)))
     protect = protect if protect is not None else [Path(olm_edu.__file__).parent, course / "solutions"]
     snapshot = _snapshot([Path(p) for p in protect])
-    students = [student_name(path, solution_path.stem) for path in files]
-    duplicates = sorted({s for s in students if students.count(s) > 1})
-    if duplicates:
-        raise ValueError(f"several submissions map to the same student name: {', '.join(duplicates)}")
+    to_grade, duplicates = _name_students(files, solution_path.stem)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "journal.jsonl"
+    if not resume and journal.exists():
+        journal.unlink()
+    done = _finished(journal)
+    keys = {student: _submission_key(solution_path, student, path) for path, student in to_grade}
+    pending = [(path, student) for path, student in to_grade if keys[student] not in done]
+    by_student = {student: done[keys[student]] for _, student in to_grade if keys[student] in done}
+    jobs = max(1, jobs or os.cpu_count() or 1)
+
+    def finished() -> Iterator[SubmissionResult]:
+        if cluster is not None:
+            from olm_edu.grader.cluster import map_on_cluster
+
+            for record in map_on_cluster(cluster, pending, nbformat.writes(solution), asdict(limits), sandbox):
+                yield _result_from_dict(record)
+            return
+        # Threads are enough: each submission runs in its own worker process; a thread only waits for it.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(grade_one, path, solution, student, limits, snapshot, sandbox)
+                       for path, student in pending]
+            for future in as_completed(futures):
+                yield future.result()
+
     from tqdm.auto import tqdm
 
-    results = []
-    for path, student in tqdm(list(zip(files, students)), desc=f"grading {solution_path.stem}", unit="notebook",
-                              disable=not progress):
-        results.append(grade_one(path, solution, student, limits, snapshot, sandbox))
-    out = Path(out)
+    with tqdm(total=len(to_grade), initial=len(to_grade) - len(pending), desc=f"grading {solution_path.stem}",
+              unit="notebook", disable=not progress) as bar, journal.open("a", encoding="utf-8") as log:
+        for result in finished():
+            by_student[result.student] = result
+            log.write(json.dumps({"key": keys[result.student], "result": asdict(result)}) + "\n")
+            log.flush()
+            bar.update(1)
+    results = [by_student[student] for _, student in to_grade] + duplicates
     if (out / "feedback").exists():
         shutil.rmtree(out / "feedback")  # re-running replaces the reports, never mixes old and new
     write_reports(results, exercises_of(solution), solution_path.stem, out)
