@@ -374,8 +374,9 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     stopped (`resume=False` grades everything again). `cluster`: the address of a Dask
     distributed scheduler; its workers grade the submissions, each in its own sandbox
     (`olm_edu.grader.cluster`), and this machine writes the journal and the reports.
-    `protect`: folders whose files a submission must not change (default: the olm_edu package
-    and the course's solutions/); any change is undone after the submission and reported.
+    `protect`: folders whose files a submission must not change, checked after each submission
+    (any change is undone and reported); by default none with the sandbox (which mounts them
+    read-only), the olm_edu package and the course's solutions/ without it.
     """
     if sandbox:
         problem = sandbox_problem()
@@ -390,7 +391,8 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     files = _submission_files([Path(p) for p in submissions])
     if not files:
         raise ValueError("no submitted notebooks (.ipynb) found in " + ", ".join(map(str, submissions)))
-    protect = protect if protect is not None else [Path(olm_edu.__file__).parent, course / "solutions"]
+    if protect is None:  # the sandbox mounts them read-only; without it, changes are undone and reported
+        protect = [] if sandbox else [Path(olm_edu.__file__).parent, course / "solutions"]
     snapshot = _snapshot([Path(p) for p in protect])
     to_grade, duplicates = _name_students(files, solution_path.stem)
     out = Path(out)
