@@ -6,6 +6,9 @@
     olm-edu grade SUBMISSIONS... --lesson NN --out DIR [--jobs N] [--cluster ADDRESS]
                                grade a class, each submission in a sandbox:
                                DIR/gradebook.csv and DIR/feedback/<student>.html
+    olm-edu grade CLASS/ --out DIR
+                               every lesson found (nbgrader's submitted/ layout too):
+                               one course gradebook, a column per lesson
 """
 
 from __future__ import annotations
@@ -51,9 +54,19 @@ def _grade(args: argparse.Namespace) -> int:
     if args.no_sandbox:
         print("WARNING: grading WITHOUT a sandbox (--no-sandbox): student code runs as you, can read solutions/ "
               "and other submissions, use the network and change files and grades", file=sys.stderr)
+    options = {"limits": limits, "sandbox": not args.no_sandbox, "jobs": args.jobs, "resume": not args.fresh,
+               "cluster": args.cluster}
     try:
-        results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), limits=limits,
-                        sandbox=not args.no_sandbox, jobs=args.jobs, resume=not args.fresh, cluster=args.cluster)
+        if args.lesson is None:  # every lesson found: the course gradebook
+            from olm_edu.grader.course import grade_course
+
+            if len(args.submissions) != 1:
+                print("olm-edu grade: without --lesson, give one folder holding the whole class", file=sys.stderr)
+                return 2
+            by_lesson = grade_course(args.submissions[0], Path(args.out), course=Path(args.course), **options)
+            results = [result for lesson_results in by_lesson.values() for result in lesson_results]
+        else:
+            results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), **options)
     except SandboxUnavailable as error:
         print(f"olm-edu grade: {error}", file=sys.stderr)
         return 2
@@ -84,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(run=_run)
     grade = commands.add_parser("grade", help="grade submitted notebooks of one lesson")
     grade.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders searched for notebooks")
-    grade.add_argument("--lesson", required=True, help="the lesson: 01, or 01_tokens")
+    grade.add_argument("--lesson", default=None,
+                       help="the lesson: 01, or 01_tokens (default: every lesson found, into one course gradebook)")
     grade.add_argument("--out", required=True, help="folder for gradebook.csv and feedback/")
     grade.add_argument("--course", default=".", help="the course folder holding solutions/ (default: here)")
     grade.add_argument("--time-limit", type=float, default=300.0, help="seconds per notebook (default 300)")

@@ -263,3 +263,42 @@ def test_a_changed_submission_is_graded_again_and_duplicates_are_reported(tmp_pa
     calls.clear()
     grade([folder], "00", tmp_path / "out", course=ROOT, limits=LIMITS, progress=False, protect=[])
     assert calls == ["bob"]
+
+
+def test_course_submissions_are_found_in_every_layout(tmp_path):
+    from olm_edu.grader.course import find_course_submissions
+
+    layout = ["submitted/carol/lesson00/00_welcome.ipynb", "dave/00_welcome.ipynb", "00_welcome/erin.ipynb",
+              "01/frank.ipynb", "notes/readme.ipynb"]
+    for name in layout:
+        (tmp_path / "class" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "class" / name).write_text("{}")
+    found = find_course_submissions(tmp_path / "class", ROOT)
+    assert sorted(found["00_welcome"].values()) == ["carol", "dave", "erin"]
+    assert list(found["01_tokens"].values()) == ["frank"]
+    assert set(found) == {"00_welcome", "01_tokens"}
+
+
+def test_course_gradebook_leaves_ungraded_lessons_blank_with_the_reason(tmp_path, monkeypatch):
+    from olm_edu.grader import course as course_module
+
+    def fake_grade(files, lesson, out, *, names, **options):
+        results = []
+        for path in files:
+            result = grader.SubmissionResult(names[path], str(path))
+            if names[path] == "bob" and lesson == "01":
+                result.status, result.detail = "system error", "the worker crashed"
+            result.exercises = [grader.ExerciseResult("x", "Exercise 1", 2.0, 2.0, True, "", "")]
+            results.append(result)
+        return results
+
+    monkeypatch.setattr(course_module, "grade", fake_grade)
+    for name in ("alice/00_welcome.ipynb", "alice/01_tokens.ipynb", "bob/01_tokens.ipynb"):
+        (tmp_path / "class" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "class" / name).write_text("{}")
+    course_module.grade_course(tmp_path / "class", tmp_path / "out", course=ROOT)
+    rows = {r["student_id"]: r for r in csv.DictReader((tmp_path / "out" / "gradebook.csv").open())}
+    assert (rows["alice"]["00_welcome"], rows["alice"]["01_tokens"], rows["alice"]["total"]) == ("2", "2", "4")
+    assert (rows["bob"]["00_welcome"], rows["bob"]["00_welcome note"]) == ("", "not submitted")
+    assert rows["bob"]["01_tokens"] == "" and "worker crashed" in rows["bob"]["01_tokens note"]
+    assert "01_tokens/feedback/alice.html" in (tmp_path / "out" / "feedback" / "alice.html").read_text()

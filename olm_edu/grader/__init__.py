@@ -343,12 +343,13 @@ def _finished(journal: Path) -> dict[str, SubmissionResult]:
     return done
 
 
-def _name_students(files: list[Path], lesson_stem: str) -> tuple[list[tuple[Path, str]], list[SubmissionResult]]:
+def _name_students(files: list[Path], lesson_stem: str, names: dict[Path, str] | None = None
+                   ) -> tuple[list[tuple[Path, str]], list[SubmissionResult]]:
     """(file, student) to grade, and a row for each extra file of a student seen twice: the first
     file (in sorted order) is graded, the others are reported, and the run goes on."""
     graded, duplicates, seen = [], [], {}
     for path in files:
-        student = student_name(path, lesson_stem)
+        student = (names or {}).get(path) or student_name(path, lesson_stem)
         if student in seen:
             copy = 2
             while f"{student}#{copy}" in seen:
@@ -365,7 +366,7 @@ def _name_students(files: list[Path], lesson_stem: str) -> tuple[list[tuple[Path
 def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | None = None,
           limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None,
           sandbox: bool = True, jobs: int | None = None, resume: bool = True,
-          cluster: str | None = None) -> list[SubmissionResult]:
+          cluster: str | None = None, names: dict[Path, str] | None = None) -> list[SubmissionResult]:
     """Grade every notebook under `submissions` for `lesson`; write the reports into `out`.
 
     `jobs`: submissions graded at once (default: the number of CPU cores), each in its own
@@ -374,6 +375,8 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     stopped (`resume=False` grades everything again). `cluster`: the address of a Dask
     distributed scheduler; its workers grade the submissions, each in its own sandbox
     (`olm_edu.grader.cluster`), and this machine writes the journal and the reports.
+    `names`: the student of each file, where the file's name or folder does not say it
+    (`course.grade_course` uses it for nbgrader's submitted/<student>/<assignment>/ layout).
     `protect`: folders whose files a submission must not change, checked after each submission
     (any change is undone and reported); by default none with the sandbox (which mounts them
     read-only), the olm_edu package and the course's solutions/ without it.
@@ -394,7 +397,7 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     if protect is None:  # the sandbox mounts them read-only; without it, changes are undone and reported
         protect = [] if sandbox else [Path(olm_edu.__file__).parent, course / "solutions"]
     snapshot = _snapshot([Path(p) for p in protect])
-    to_grade, duplicates = _name_students(files, solution_path.stem)
+    to_grade, duplicates = _name_students(files, solution_path.stem, names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     journal = out / "journal.jsonl"
