@@ -87,7 +87,7 @@ class Kernel:
 
 
 def _copy_back(sent: list, after: Any) -> None:
-    """Make each tensor argument look as the learner's code left it (in-place changes)."""
+    """Make each argument (tensor, list, dict) look as the learner's code left it (in-place changes)."""
     if not isinstance(after, list) or len(after) != len(sent):
         return
     for original, changed in zip(sent, after):
@@ -97,8 +97,23 @@ def _copy_back(sent: list, after: Any) -> None:
                     original.copy_(changed)
                 else:
                     original.data = changed
+        elif type(original) is list and type(changed) is list and not _holds_tensors(original):
+            original[:] = changed  # a list the learner's code may have changed in place
+        elif type(original) is dict and type(changed) is dict and not _holds_tensors(original):
+            original.clear()
+            original.update(changed)
         elif isinstance(original, (list, tuple)) and isinstance(changed, (list, tuple)):
             _copy_back(list(original), list(changed))
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_tensors(item) for item in value.values())
+    return False
 
 
 class RemoteObject:
