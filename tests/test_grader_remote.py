@@ -8,6 +8,7 @@ reaches the same verdicts, with the same messages, as the check called directly.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from olm_edu.grader import kernel_side
 from olm_edu.grader.codec import NotData, decode, encode
 from olm_edu.grader.remote import Kernel, RemoteObject
 from olm_edu.grading import CheckFailed
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def round_trip(value):
@@ -94,3 +97,66 @@ def test_an_unsolved_stub_reads_as_not_done_yet(proxy, capsys):
     with pytest.raises(NotImplementedError):
         welcome.softmax(proxy(stub))
     assert "not implemented yet" in capsys.readouterr().out
+
+
+def _check_calls(lesson: str) -> dict[str, tuple[str, list[str]]]:
+    """answer grade_id -> (check function, the notebook names it is given), from the solution."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(ROOT / "solutions" / lesson, as_version=4)
+    calls, answer = {}, None
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            answer = meta["grade_id"]
+        elif meta.get("grade"):
+            call = next(node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "check")
+            calls[answer] = (call.func.attr, [arg.id for arg in call.args])
+    return calls
+
+
+JUDGED_LESSONS = {"welcome": "00_welcome.ipynb", "tokens": "01_tokens.ipynb", "rope": "10_rope.ipynb"}
+
+
+def test_every_module_judged_by_the_grader_is_listed_here():
+    from olm_edu.grader.assemble import JUDGED_BY_GRADER
+
+    assert set(JUDGED_BY_GRADER) == set(JUDGED_LESSONS)
+
+
+@pytest.mark.parametrize("module", sorted(JUDGED_LESSONS))
+def test_wrong_answers_get_the_same_verdict_through_proxies(module, proxy):
+    """Each wrong answer of tests/wrong_answers, defined on its own (with torch and math), is
+    judged directly and through proxies: both must fail, with the same message."""
+    import importlib
+
+    from tests.wrong_answers import WRONG_ANSWERS
+
+    check_module = importlib.import_module(f"olm_edu.checks.{module}")
+    lesson = JUDGED_LESSONS[module]
+    compared = 0
+    for answer, (function, names) in _check_calls(lesson).items():
+        for source, fragment in WRONG_ANSWERS[lesson][answer]:
+            namespace = {"torch": torch, "math": math, "F": torch.nn.functional}
+            try:
+                exec(source, namespace)
+                objects = [namespace[name] for name in names]
+            except Exception:
+                continue  # the answer needs earlier cells of its notebook
+            outcomes = []
+            for given in (objects, [proxy(o) for o in objects]):
+                try:
+                    getattr(check_module, function)(*given, hidden=True, seed=11)
+                    outcomes.append("passed")
+                except (CheckFailed, NotImplementedError) as error:
+                    outcomes.append(str(error))
+            if "NameError" in outcomes[0]:
+                continue  # it used a name from an earlier cell
+            assert outcomes[0] != "passed" and fragment in outcomes[0], (answer, source)
+            assert outcomes[1] == outcomes[0], (answer, source)
+            compared += 1
+    print(f"{lesson}: {compared} wrong answers compared")
+    assert compared >= 3, f"too few wrong answers of {lesson} could be compared ({compared})"

@@ -178,8 +178,21 @@ def _kill_tree(process: psutil.Process) -> None:
 
 def _kill_user(uid: int) -> int:
     """Kill every process still running as the sandbox's user id; how many there were (should be 0:
-    the PID namespace ends them all with the sandbox)."""
-    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+    the PID namespace ends them all with the sandbox; the kernel takes a moment to reap them, so
+    only a process still alive after 3 s counts)."""
+
+    def alive() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["uids", "status"]):
+            if process.info["uids"] and process.info["uids"].real == uid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        return found
+
+    deadline = time.monotonic() + 3.0
+    left = alive()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = alive()
     for process in left:
         try:
             process.kill()

@@ -30,9 +30,12 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 
 # Check modules whose checks only call the learner's functions on data, so the grader's process can
 # run them against proxies (`remote`): nothing in the student's kernel can then change the verdict.
-# The others take the learner's nn.Module classes (isinstance, parameters changed in place) and
-# still run in the (sandboxed) kernel. Each entry is verified by tests/test_grader*.py.
-JUDGED_BY_GRADER = frozenset({"welcome"})
+# The others still run in the (sandboxed) kernel: they take the learner's nn.Module classes
+# (isinstance, parameters changed in place), need gradients through the learner's output (06, 16),
+# or pass objects that are not data (ModelConfig, torch.Generator, SimpleNamespace: 06, 07, 12, 19).
+# Each entry: its solution notebook scores full marks graded this way, and every wrong answer in
+# tests/wrong_answers gets the same verdict and message through proxies (tests/test_grader_remote.py).
+JUDGED_BY_GRADER = frozenset({"welcome", "tokens", "rope"})
 
 _CHECK_IMPORT = re.compile(r"^from olm_edu\.checks import (\w+) as check$", re.MULTILINE)
 

@@ -4,7 +4,8 @@ A value is encoded as a JSON tree whose leaves are tagged; tensors go into one s
 and the tree names them by key. What is data crosses as data: None, bool, int, float (NaN and
 inf included), str, bytes, tuples, lists, dicts (keys of any encodable kind), torch tensors of
 any real or complex dtype (as a detached copy; `requires_grad` is not kept), torch dtypes and
-sizes, numpy arrays (as tensors). Anything else (a function, a class, a module instance) stays
+sizes, numpy arrays (as tensors). Subclasses of list, tuple and dict (Counter, defaultdict, a
+namedtuple) arrive as the plain kind: a check sees their items, not their type. Anything else (a function, a class, a module instance) stays
 where it lives: the side that has it keeps it in a table and sends a *handle* ({"t": "handle"}),
 which the other side turns into a proxy (`remote.RemoteObject`). The grader never sends a handle
 of its own objects: what it cannot encode as data it refuses to send.
@@ -52,9 +53,10 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
         if getattr(value, "shape", None) == ():
             return encode(value.item(), tensors, keep)
         return _encode_tensor(torch.from_numpy(value.copy()), tensors)
-    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
-        return {"t": type(value).__name__, "v": [encode(item, tensors, keep) for item in value]}
-    if type(value) is dict:
+    if isinstance(value, (tuple, list)):  # subclasses (a namedtuple) arrive as the plain kind
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        return {"t": kind, "v": [encode(item, tensors, keep) for item in value]}
+    if isinstance(value, dict):  # Counter, defaultdict, OrderedDict arrive as a plain dict
         return {"t": "dict", "v": [[encode(k, tensors, keep), encode(v, tensors, keep)] for k, v in value.items()]}
     if keep is None:
         raise NotData(f"{type(value).__name__} is not data (tensors, numbers, strings, lists, tuples, dicts)")
