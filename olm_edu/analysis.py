@@ -8,13 +8,17 @@ F = hidden_dim::
                MLA (r_q = q_latent_dim, r = kv_latent_dim, h_R = rope_head_dim, h_v = value_head_size):
                q: d*r_q + r_q*H*(h + h_R) (or d*H*(h + h_R) without a query latent)
                kv: d*(r + h_R) + r*H*(h + h_v);  o: H*h_v*d;  biases on the down-projections and o
+               the lightning indexer of sparse attention (H_I = index_heads, h_I = index_head_dim):
+               r_q*H_I*h_I (queries) + d*h_I (key) + 2*h_I (its LayerNorm) + d*H_I (head weights)
     ffn        classic: 2*d*F (+ F + d biases);  glu: 3*d*F (+ 2*F + d biases)
-               MoE layer (E experts of width F_e, k per token, S shared): router E*d, experts
-               E*3*d*F_e, shared experts one glu of width S*F_e; a token uses the router, k
-               experts and the shared ones
-    norms      2 per layer ("pre", "post") or 4 ("sandwich"), each d (+ d bias for layernorm);
-               qk_norm adds 2*h; MLA adds its latent norms r_q + r; "pre" and "sandwich" add
-               one final norm
+               MoE layer (E experts of width F_e, k per token, S shared): router E*d (+ E with
+               router_bias), experts E*3*d*F_e (+ E*(2*F_e + d) with expert_bias), shared experts
+               one glu of width S*F_e; a token uses the router, k experts and the shared ones
+               attention sinks add H per layer (one logit per head)
+    norms      2 per layer ("pre", "post", "post_sublayer") or 4 ("sandwich"), each d (+ d bias
+               for layernorm); qk_norm adds 2*h per head-wise norm, or (H + K)*h over the
+               projections (qk_norm_scope="projection"); MLA adds its latent norms r_q + r;
+               every placement but "post" adds one final norm
 
 plus the token table (vocab * d), a learned position table (max_seq_len * d), and an output head
 (vocab * d, only when untied; vocab more with lm_head_bias). DeepSeek-V3's router bias
@@ -90,7 +94,16 @@ def _latent_attention_params(cfg: ModelConfig) -> int:
     down = cfg.kv_latent_dim + cfg.rope_head_dim
     kv = d * down + down * bias + cfg.kv_latent_dim * heads * (cfg.head_size + cfg.value_head_size)
     o = heads * cfg.value_head_size * d + d * cfg.attn_out_bias
-    return q + kv + o
+    return q + kv + o + _indexer_params(cfg)
+
+
+def _indexer_params(cfg: ModelConfig) -> int:
+    """The lightning indexer of one sparse-attention layer (0 without one): its query
+    up-projection, key projection and key LayerNorm (weight and bias), and head weights."""
+    if cfg.index_topk is None:
+        return 0
+    d, heads, width = cfg.embed_dim, cfg.index_heads, cfg.index_head_dim
+    return cfg.q_latent_dim * heads * width + d * width + 2 * width + d * heads
 
 
 def _attention_params(cfg: ModelConfig) -> int:
@@ -100,7 +113,7 @@ def _attention_params(cfg: ModelConfig) -> int:
     d, q_width, kv_width = cfg.embed_dim, cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     weights = d * q_width + 2 * d * kv_width + q_width * d
     biases = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
-    return weights + biases
+    return weights + biases + cfg.num_heads * cfg.attention_sinks
 
 
 def _dense_ffn_params(cfg: ModelConfig, hidden: int, bias: bool) -> int:
@@ -116,8 +129,8 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
     if not cfg.is_moe_layer(index):
         dense = _dense_ffn_params(cfg, cfg.hidden_dim, cfg.ffn_bias)
         return dense, dense
-    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=False)
-    always = cfg.num_experts * cfg.embed_dim  # the router
+    expert = _dense_ffn_params(cfg, cfg.expert_width, bias=cfg.expert_bias)
+    always = cfg.num_experts * (cfg.embed_dim + cfg.router_bias)  # the router
     if cfg.num_shared_experts:
         always += _dense_ffn_params(cfg, cfg.num_shared_experts * cfg.expert_width, cfg.ffn_bias)
     return always + cfg.num_experts * expert, always + cfg.experts_per_token * expert
@@ -126,8 +139,9 @@ def _ffn_params(cfg: ModelConfig, index: int) -> tuple[int, int]:
 def _norm_params(cfg: ModelConfig) -> int:
     """All normalisation weights: per layer, the final norm, and qk_norm's per-head norms."""
     one_norm = cfg.embed_dim * (2 if cfg.norm_bias else 1)
-    per_layer = {"pre": 2, "post": 2, "sandwich": 4}[cfg.norm_placement] * one_norm
-    per_layer += 2 * cfg.head_size if cfg.qk_norm else 0
+    per_layer = {"pre": 2, "post": 2, "sandwich": 4, "post_sublayer": 2}[cfg.norm_placement] * one_norm
+    if cfg.qk_norm:
+        per_layer += 2 * cfg.head_size if cfg.qk_norm_scope == "head" else (cfg.num_heads + cfg.kv_heads) * cfg.head_size
     per_layer += (cfg.q_latent_dim or 0) + (cfg.kv_latent_dim or 0)  # MLA's latent norms
     # "post" (the 2017 layout) ends every block with a norm, so it has no final norm
     final = 0 if cfg.norm_placement == "post" else one_norm
@@ -201,7 +215,8 @@ def kv_cache_bytes(
     Sum over layers of 2 (k and v) * kv_heads * head_size * tokens cached * batch_size, in
     `dtype`; a sliding-window layer keeps only its last `sliding_window` tokens. Multi-head
     latent attention caches kv_latent_dim + rope_head_dim numbers per token and layer (the
-    latent and the shared rotated key), whatever the number of heads.
+    latent and the shared rotated key), whatever the number of heads; sparse attention adds the
+    indexer's key (index_head_dim), all in the same `dtype` (DeepSeek stores it in fp8).
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
@@ -211,9 +226,9 @@ def kv_cache_bytes(
 
 def cache_width(cfg: ModelConfig) -> int:
     """Numbers cached per token and layer: 2 * kv_heads * head_size, or kv_latent_dim +
-    rope_head_dim for MLA."""
+    rope_head_dim for MLA (+ index_head_dim, the indexer's key, with sparse attention)."""
     if cfg.attention == "mla":
-        return cfg.kv_latent_dim + cfg.rope_head_dim
+        return cfg.kv_latent_dim + cfg.rope_head_dim + (cfg.index_head_dim or 0)
     return 2 * cfg.kv_heads * cfg.head_size
 
 
@@ -230,6 +245,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     projections are its down- and up-projections (each token's latent expanded once), and the
     scores cost 2 * T * num_heads * (qk_head_size + value_head_size). An MoE layer counts
     the matrices a token uses: the router, its experts_per_token experts and the shared ones.
+    Sparse attention (index_topk): the attention reads min(T, index_topk) keys, and the indexer
+    scores all T of them: 2 * T * index_heads * index_head_dim (q.k) + 2 * T * index_heads (the
+    weighted sum of the heads' votes) per layer; its projections count with the attention's.
     Embedding lookups, biases, norms, softmax and activations are left out (all O(d), not
     O(d^2)). "forward" is the sum; "training" = 3 * forward (backward costs twice forward).
     """
@@ -243,12 +261,57 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
         attention_weights = 2 * d * q_width + 2 * d * kv_width
         score_width = 2 * q_width
     no_ffn_bias = cfg.replace(ffn_bias=False)
+    read = [_tokens_seen(cfg, layer, seq_len) for layer in range(cfg.num_layers)]  # keys each layer scores
+    attended = read if cfg.index_topk is None else [min(tokens, cfg.index_topk) for tokens in read]
+    indexer = 0 if cfg.index_topk is None else sum(2 * t * cfg.index_heads * (cfg.index_head_dim + 1) for t in read)
     flops = {
         "attention": 2 * cfg.num_layers * attention_weights,
-        "attention_scores": sum(2 * _tokens_seen(cfg, layer, seq_len) * score_width for layer in range(cfg.num_layers)),
+        "attention_scores": sum(2 * tokens * score_width for tokens in attended) + indexer,
         "ffn": 2 * sum(_ffn_params(no_ffn_bias, index)[1] for index in range(cfg.num_layers)),
         "head": 2 * d * cfg.vocab_size,
     }
     flops["forward"] = sum(flops.values())
     flops["training"] = 3 * flops["forward"]
     return flops
+
+
+# ---------------------------------------------------------------------------
+# Training memory per rank (lesson 25)
+# ---------------------------------------------------------------------------
+
+SHARDING = ("ddp", "zero1", "zero2", "fsdp")
+
+
+def training_bytes_per_rank(
+    cfg: ModelConfig,
+    world_size: int,
+    sharding: str = "fsdp",
+    *,
+    param_bytes: int = 2,
+    grad_bytes: int = 2,
+    optimizer_bytes: int = 12,
+) -> dict[str, int]:
+    """Bytes each of `world_size` ranks holds for the model's training state (activations excluded).
+
+    Mixed-precision AdamW (the ZeRO paper's accounting): bf16 parameters (2 bytes each) and
+    gradients (2), and an fp32 master copy plus Adam's two moments (4 + 4 + 4 = 12): 16 bytes
+    per parameter N in all. What each `sharding` splits over the ranks:
+        ddp    nothing: every rank holds everything, 16 N
+        zero1  the optimiser state:                  (2 + 2) N + 12 N / world_size
+        zero2  optimiser state and gradients:        2 N + (2 + 12) N / world_size
+        fsdp   (ZeRO-3) parameters too:               16 N / world_size
+    A shard holds ceil(N / world_size) elements. Returns {"parameters", "gradients",
+    "optimizer", "total"} in bytes per rank.
+    """
+    from olm_edu.choices import check_choice
+
+    check_choice("sharding", sharding, SHARDING)
+    _check_positive("world_size", world_size)
+    total = count_params(cfg).total
+    shard = -(-total // world_size)
+    split = {"ddp": (), "zero1": ("optimizer",), "zero2": ("optimizer", "gradients"),
+             "fsdp": ("optimizer", "gradients", "parameters")}[sharding]
+    sizes = {"parameters": param_bytes, "gradients": grad_bytes, "optimizer": optimizer_bytes}
+    per_rank = {part: (shard if part in split else total) * size for part, size in sizes.items()}
+    per_rank["total"] = sum(per_rank.values())
+    return per_rank

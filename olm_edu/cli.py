@@ -9,6 +9,7 @@
     olm-edu grade CLASS/ --out DIR
                                every lesson found (nbgrader's submitted/ layout too):
                                one course gradebook, a column per lesson
+    olm-edu train [FLAGS]      train a model (olm-edu train --help; under torchrun: -m olm_edu.train)
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--no-sandbox", action="store_true",
                        help="run student code without the bubblewrap sandbox (unsafe; for machines without bwrap)")
     grade.set_defaults(run=_grade)
+    commands.add_parser("train", help="train a model: olm-edu train --help", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # its flags are olm_edu.training_run's own
+        from olm_edu.training_run import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -4,9 +4,18 @@ A check is a function decorated with `exercise(title)`. Its body receives a `Che
 learner's objects, calls them on fresh random inputs and edge cases, and compares with the
 reference through `Check.close` / `Check.equal` / `Check.expect`. The decorated function
 
-- prints one line, `✅ title: N checks passed` or `❌ title: what went wrong`, and
-- raises `CheckFailed` (an `AssertionError`) on failure, so nbgrader and `olm-edu grade` count it,
-- lets `NotImplementedError` through untouched, so an unsolved stub reads as "not done yet".
+- prints `✅ title: N checks passed` when every comparison holds;
+- reports `❌ title: what went wrong` on a failure, and `⏳ title: not implemented yet` when the
+  learner's stub still raises `NotImplementedError`.
+
+How a failure is reported depends on where the check runs. Inside a Jupyter kernel the one line
+is published as the cell's `error` output (ename `CheckFailed` or `NotImplementedError`, the line
+as its whole traceback) and nothing is raised: the cell's execution still succeeds, so "Run All"
+goes on to the narrative, plots and widgets below, while nbgrader's autograde (which scores a
+check cell 0 when it holds an error output) and `olm-edu grade` still count the exercise as
+failed. The learner sees the line once and no traceback into the checker. Anywhere else (plain
+Python, pytest), or when the environment variable OLM_EDU_CHECKS_RAISE is set (the grader sets
+it), the line is printed and `CheckFailed` / `NotImplementedError` is raised, chained to nothing.
 
 Called with `hidden=True` (only in the hidden part of a check cell, which `lessons/` does not
 contain) a check runs its extra cases. Random inputs come from a fresh seed on every call; the
@@ -33,15 +42,17 @@ import math
 import numbers
 import os
 import secrets
+import sys
 import types
 from typing import Any, Callable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Check", "CheckFailed", "allclose", "exercise", "forbidden", "SEED_ENV"]
+__all__ = ["Check", "CheckFailed", "allclose", "exercise", "forbidden", "SEED_ENV", "RAISE_ENV"]
 
 SEED_ENV = "OLM_EDU_CHECK_SEED"
+RAISE_ENV = "OLM_EDU_CHECKS_RAISE"  # set (to anything but "" or "0") to raise on failure even in a kernel
 
 
 class CheckFailed(AssertionError):
@@ -207,17 +218,25 @@ def allclose(got: Any, expected: torch.Tensor, *, atol: float, rtol: float) -> b
     return bool(((got64 - expected64).abs() <= atol + rtol * expected64.abs()).all())
 
 
-def exercise(title: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def exercise(title: str, *, reference: Any = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn a check body `body(check, *learner_objects)` into a check function.
 
     The returned function takes the learner's objects and the keywords `hidden=False` and
-    `seed=None` (a fixed seed, to reproduce a failure).
+    `seed=None` (a fixed seed, to reproduce a failure). It remembers its last outcome in
+    `.passed` (None before it ran). `reference` is the library's working version of what the
+    exercise asks for, with the same signature; `.yours_or_reference(yours)` gives the learner's
+    object once the check has passed and the reference until then, so the cells after an
+    unfinished exercise still run.
     """
 
     def decorate(body: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(body)
         def run(*learner_objects: Any, hidden: bool = False, seed: int | None = None) -> None:
             __tracebackhide__ = True
+            run.passed = False  # until the body has run through
+            shell = _reporting_shell()  # decided before any learner code runs
+            if shell is not None and _already_failed(shell, title):
+                return  # this cell already shows this exercise's failure (the visible part); say it once
             if seed is None:  # the grader pins seeds (OLM_EDU_CHECK_SEED) so re-grading gives the same result
                 pinned = os.environ.get(SEED_ENV)
                 seed = int(pinned) if pinned else secrets.randbelow(2**31)
@@ -225,18 +244,60 @@ def exercise(title: str) -> Callable[[Callable[..., None]], Callable[..., None]]
             try:
                 body(check, *learner_objects)
             except NotImplementedError:
-                print(f"⏳ {title}: not implemented yet (the stub still raises NotImplementedError)")
-                raise
+                line = f"⏳ {title}: not implemented yet (the stub still raises NotImplementedError)"
+                _report_failure(shell, title, NotImplementedError, line)
+                return
             except CheckFailed as failure:
-                message = f"❌ {title}: {failure} [seed={seed}]"
-                print(message)
-                raise CheckFailed(message) from None
+                _report_failure(shell, title, CheckFailed, f"❌ {title}: {failure} [seed={seed}]")
+                return
             kind = "hidden checks" if hidden else "checks"
             print(f"✅ {title}: {check.passed} {kind} passed")
+            run.passed = True
 
+        def yours_or_reference(yours: Any) -> Any:
+            if run.passed:
+                return yours
+            if reference is None:
+                raise ValueError(f"{title} has no library reference to fall back on")
+            name = getattr(yours, "__name__", "it")
+            print(f"ⓘ {title} has not passed yet, so the cells below use the library's {name} instead of "
+                  "yours. Once your check passes, run this cell again to use your own.")
+            return reference
+
+        run.passed = None
+        run.reference = reference
+        run.yours_or_reference = yours_or_reference
         return run
 
     return decorate
+
+
+def _reporting_shell() -> Any:
+    """The IPython shell of the Jupyter kernel this runs in, if failures are to be published
+    there as error outputs; None to raise them (plain Python, a terminal, or RAISE_ENV set)."""
+    if os.environ.get(RAISE_ENV, "") not in ("", "0"):
+        return None
+    ipython = sys.modules.get("IPython")  # never import it: a kernel has always imported it already
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None or not hasattr(shell, "_showtraceback"):
+        return None
+    return shell
+
+
+def _already_failed(shell: Any, title: str) -> bool:
+    return getattr(shell, "_olm_edu_failed", None) == (shell.execution_count, title)
+
+
+def _report_failure(shell: Any, title: str, error_type: type[Exception], line: str) -> None:
+    """Show `line` as the cell's error output without raising (in a kernel), else print and raise."""
+    __tracebackhide__ = True
+    if shell is None:
+        print(line)
+        raise error_type(line) from None
+    # ipykernel's own way of publishing an exception: an `error` message on the IOPub channel whose
+    # traceback is just our line. The execute_reply stays "ok", so the front end runs the next cell.
+    shell._showtraceback(error_type, error_type(line), [line])
+    shell._olm_edu_failed = (shell.execution_count, title)
 
 
 @contextlib.contextmanager

@@ -326,6 +326,11 @@ def train(
     device: str | torch.device = "auto",
     progress: bool = True,
     live_plot: bool = False,
+    optimizer: str = "adamw",
+    muon_lr: float | None = None,
+    schedule: str = "cosine",
+    decay_fraction: float = 0.2,
+    z_loss: float = 0.0,
 ) -> TrainingHistory:
     """Train `model` (token ids (B, T) -> logits (B, T, V)) on next-token prediction.
 
@@ -337,7 +342,14 @@ def train(
     seeds the same eval_seed to score them all on the same text.
     The model is moved to `device` and trained in place; the returned `TrainingHistory` holds
     the curves.
+
+    Lesson 26's recipe (`olm_edu.optim`): optimizer="muon" (Muon at `muon_lr`, default max_lr,
+    on the hidden matrices, AdamW on the rest), schedule="wsd" (warm-up, flat, then a linear
+    decay over the last `decay_fraction` of the steps), and `z_loss` (coefficient of the mean
+    squared log-partition of the output logits, which keeps them from drifting upwards).
     """
+    from olm_edu.optim import lr_at_step, make_optimizer as make_recipe_optimizer
+
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
     warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
@@ -345,7 +357,7 @@ def train(
     eval_every = max(1, steps // 10) if eval_every is None else eval_every
     device = pick_device(device)
     model.to(device)
-    optimizer = make_optimizer(model, lr=max_lr, weight_decay=weight_decay)
+    optimizers = make_recipe_optimizer(model, optimizer, lr=max_lr, weight_decay=weight_decay, muon_lr=muon_lr)
     generator = torch.Generator().manual_seed(seed)
     history = TrainingHistory()
     plot = LivePlot() if live_plot else None
@@ -368,16 +380,20 @@ def train(
         bar = tqdm(range(steps), desc="training", disable=not progress)
         for step in bar:
             started = time.perf_counter()
-            lr = lr_at(step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = lr_at_step(schedule, step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps,
+                            min_lr=min_lr, decay_fraction=decay_fraction)
+            for group in optimizers.param_groups:  # Muon's group may peak at its own muon_lr
+                group["lr"] = lr if group["max_lr"] == max_lr else group["max_lr"] * lr / max_lr
             inputs, targets = get_batch(train_data, batch_size, block_size, generator=generator, device=device)
-            loss = next_token_loss(model(inputs), targets)
+            logits = model(inputs)
+            loss = next_token_loss(logits, targets)
             aux = aux_loss(model)  # MoE balancing losses; exactly 0 for a dense model
-            optimizer.zero_grad(set_to_none=True)
+            if z_loss:
+                aux = aux + z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
+            optimizers.zero_grad(set_to_none=True)
             (loss + aux).backward()
             norm = clip_gradients(model.parameters(), math.inf if grad_clip is None else grad_clip)
-            optimizer.step()
+            optimizers.step()
             if hasattr(model, "update_router_biases"):
                 model.update_router_biases()  # DeepSeek-V3's aux-loss-free balance, once per step
             loss_value = loss.item()
@@ -395,3 +411,11 @@ def train(
                     bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{lr:.2e}")
         bar.close()
     return history
+
+
+if __name__ == "__main__":  # python -m olm_edu.train, or torchrun ... -m olm_edu.train: see olm_edu.training_run
+    import sys
+
+    from olm_edu.training_run import main
+
+    sys.exit(main())

@@ -163,3 +163,120 @@ def test_count_takes_whole_numbers_in_any_form_and_names_the_mistake_that_gives_
     for bad, shown in [(1024.5, "1024.5"), ("1024", "str '1024'"), (True, "bool True"), (float("nan"), "nan")]:
         with pytest.raises(CheckFailed, match=f"bytes: expected a whole number \\(an int\\), got {shown}"):
             make_check().count(bad, 1024, {}, what="bytes")
+
+
+# -- in a Jupyter kernel: a failure is the cell's error output, and Run All goes on ----------------
+
+
+def _run_in_kernel(*sources: str):
+    """Execute the cells in a fresh kernel as JupyterLab's Run All would (stop at the first cell
+    whose execution fails) and return the notebook with its outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()  # raises if any cell's execution fails
+    return nb
+
+
+def _shown(cell) -> str:
+    """Everything a front end renders for a cell: streams, results, and error tracebacks (JupyterLab
+    shows an error's traceback, or `ename: evalue` when the traceback is empty)."""
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type == "error":
+            parts.append("\n".join(output.traceback) or f"{output.ename}: {output.evalue}")
+        else:
+            parts.extend(str(value) for value in output.get("data", {}).values())
+    return "\n".join(parts)
+
+
+_WRONG_SOFTMAX = "def softmax(x):\n    return x.exp() / x.exp().sum(-1, keepdim=True)\n"  # overflows at 1000
+_STUB_SOFTMAX = "def softmax(x):\n    raise NotImplementedError()\n"
+
+
+def test_in_a_kernel_a_failed_check_is_an_error_output_and_the_next_cells_still_run():
+    import inspect
+
+    from olm_edu import grading
+    from olm_edu.checks import welcome
+
+    nb = _run_in_kernel(
+        "from olm_edu.checks import welcome as check\n" + _WRONG_SOFTMAX,
+        "check.softmax(softmax)\ncheck.softmax(softmax, hidden=True)",  # a check cell with its hidden part
+        "print('the narrative goes on')",
+    )
+    errors = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+    assert [(e.ename, len(e.traceback)) for e in errors] == [("CheckFailed", 1)]
+    shown = _shown(nb.cells[1])
+    assert shown.count("❌") == 1 and "subtract each row's maximum" in shown, shown  # its diagnosis, once
+    assert shown.startswith("❌ Exercise 1 — a numerically stable softmax: ") and "Traceback" not in shown
+    checker = inspect.getsource(welcome) + inspect.getsource(grading)
+    checker_lines = {line.strip() for line in checker.splitlines() if len(line.strip()) > 8}
+    assert not [line for line in checker_lines if line in shown]  # no line of the check's source leaks
+    assert "torch.softmax" not in shown  # nor the reference computation
+    assert nb.cells[2].outputs[0].text == "the narrative goes on\n"
+
+
+def test_in_a_kernel_an_unfinished_stub_shows_an_hourglass_and_the_next_cells_still_run():
+    nb = _run_in_kernel(
+        "from olm_edu.checks import welcome as check\n" + _STUB_SOFTMAX,
+        "check.softmax(softmax)",
+        "print('still running')",
+    )
+    [error] = nb.cells[1].outputs
+    assert error.output_type == "error" and error.ename == "NotImplementedError"
+    assert _shown(nb.cells[1]).startswith("⏳ Exercise 1 — a numerically stable softmax: not implemented yet")
+    assert nb.cells[2].outputs[0].text == "still running\n"
+
+
+def test_in_a_kernel_a_passing_check_prints_a_tick_and_no_error():
+    nb = _run_in_kernel(
+        "from olm_edu.checks import welcome as check\n"
+        "def softmax(x):\n    e = (x - x.amax(-1, keepdim=True)).exp()\n    return e / e.sum(-1, keepdim=True)\n",
+        "check.softmax(softmax)",
+    )
+    assert [o.output_type for o in nb.cells[1].outputs] == ["stream"]
+    assert nb.cells[1].outputs[0].text.startswith("✅ Exercise 1 — a numerically stable softmax: ")
+
+
+def test_in_a_kernel_the_raise_switch_restores_raising(monkeypatch):
+    """The grader sets OLM_EDU_CHECKS_RAISE, so its kernels raise as plain Python does."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("OLM_EDU_CHECKS_RAISE", "1")  # inherited by the kernel nbclient starts
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from olm_edu.checks import welcome as check\n" + _WRONG_SOFTMAX),
+        nbformat.v4.new_code_cell("check.softmax(softmax)"),
+    ])
+    with pytest.raises(CellExecutionError) as error:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert error.value.ename == "CheckFailed"
+
+
+@exercise("Exercise 9 — triple", reference=lambda x: 3 * x)
+def triple(check: Check, fn) -> None:
+    x = check.randn(5)
+    check.close(check.call(fn, x, what="a (5,) tensor"), 3 * x, what="3x")
+
+
+def test_yours_or_reference_gives_the_reference_until_the_check_passes_and_says_so(capsys):
+    def mine(x):
+        return x + x + x
+
+    assert triple.passed is None and triple.yours_or_reference(mine) is triple.reference
+    assert "the cells below use the library's mine instead of yours" in capsys.readouterr().out
+    with pytest.raises(CheckFailed):
+        triple(lambda x: 2 * x)
+    assert triple.passed is False and triple.yours_or_reference(mine) is triple.reference
+    triple(mine)
+    capsys.readouterr()
+    assert triple.passed is True and triple.yours_or_reference(mine) is mine
+    assert capsys.readouterr().out == ""  # nothing to say when yours is used
+    no_reference = exercise("Exercise 9 — no reference")(lambda check, fn: None)
+    with pytest.raises(ValueError, match="Exercise 9 — no reference has no library reference"):
+        no_reference.yours_or_reference(mine)

@@ -8,10 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 from olm_edu import authoring
-from tests.wrong_answers import WRONG_ANSWERS
+from tests.wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = authoring.solution_notebooks(ROOT / "solutions")
@@ -101,16 +100,33 @@ def _client(nb, **options) -> NotebookClient:
     )
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_lesson_stops_at_its_first_exercise_with_not_implemented_error(name):
+# Lessons whose fresh notebook still stops before its last cell under Run All: a later cell calls the
+# learner's stub instead of the library's reference (issue 16). Remove a lesson once it runs to the end.
+RUN_ALL_STOPS = {
+    "01_tokens.ipynb", "02_embeddings.ipynb", "03_attention.ipynb", "04_block.ipynb", "05_gpt2.ipynb",
+    "06_training.ipynb", "07_generation.ipynb", "08_gpt2_weights.ipynb", "09_rmsnorm.ipynb",
+    "10_rope.ipynb", "11_gated_ffn.ipynb", "12_gqa.ipynb", "13_llama3.ipynb", "14_qwen_stability.ipynb",
+    "15_sliding_windows.ipynb", "16_moe.ipynb", "17_deepseek_v3.ipynb", "18_ablation_lab.ipynb",
+    "19_model_cards.ipynb",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(reason="Run All stops at a later cell", strict=True))
+     if n in RUN_ALL_STOPS else n for n in NAMES],
+)
+def test_run_all_on_the_fresh_lesson_runs_every_cell_and_shows_each_exercise_unfinished(name):
+    """As JupyterLab's Run All: every cell runs (nbclient stops at the first cell whose execution
+    fails, as JupyterLab does), and each check cell shows one ⏳ as its error output, so graders
+    still count it."""
     nb = nbformat.read(ROOT / "lessons" / name, as_version=4)
-    with pytest.raises(CellExecutionError) as error:
-        _client(nb).execute()
-    assert error.value.ename == "NotImplementedError"
-    failed = [i for i, cell in enumerate(nb.cells) if any(o.output_type == "error" for o in cell.get("outputs", []))]
-    first_check = next(i for i, cell in enumerate(nb.cells) if nbgrader(cell).get("grade"))
-    assert failed == [first_check]
-    assert "not implemented yet" in "".join(o.get("text", "") for o in nb.cells[first_check].outputs)
+    _client(nb).execute()
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code)
+    for cell in graded_cells(nb):
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert [(e.ename, e.traceback[0][:1]) for e in errors] == [("NotImplementedError", "⏳")], cell.outputs
 
 
 def _run_cell(client: NotebookClient, nb, index: int) -> tuple[str | None, str]:
@@ -123,12 +139,25 @@ def _run_cell(client: NotebookClient, nb, index: int) -> tuple[str | None, str]:
     return (errors[0].ename if errors else None), printed
 
 
+def _visible(check_source: str) -> str:
+    """The check cell as the learner's notebook has it (nbgrader drops the hidden tests)."""
+    return re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", "", check_source, flags=re.DOTALL)
+
+
+# (lesson, exercise) pairs whose wrong answers are still caught only by the hidden checks, so a learner
+# sees ✅ and the grader gives 0 (issue 16). Remove a pair once its visible check tests every requirement.
+CAUGHT_ONLY_WHEN_GRADING: set[tuple[str, str]] = set()
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_each_check_rejects_plausible_wrong_answers_with_its_message(name):
-    wrong = WRONG_ANSWERS[name]
+def test_each_check_rejects_plausible_wrong_answers_and_accepts_correct_alternatives(name):
+    """Each wrong answer fails with its message, and each correct answer written differently passes,
+    both in the learner's notebook (visible checks only) and when grading (hidden checks too)."""
+    wrong, alternatives = WRONG_ANSWERS[name], CORRECT_ANSWERS.get(name, {})
     nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
     solution_ids = [nbgrader(cell)["grade_id"] for cell in nb.cells if nbgrader(cell).get("solution")]
     assert sorted(wrong) == sorted(solution_ids), "every exercise needs wrong answers in tests/wrong_answers.py"
+    assert set(alternatives) <= set(solution_ids)
     client = _client(nb, allow_errors=True)
     last_check = max(i for i, cell in enumerate(nb.cells) if nbgrader(cell).get("grade"))
     with client.setup_kernel():
@@ -138,14 +167,27 @@ def test_each_check_rejects_plausible_wrong_answers_with_its_message(name):
             meta = nbgrader(cell)
             if meta.get("grade"):
                 solution_index = max(i for i in range(index) if nbgrader(nb.cells[i]).get("solution"))
-                correct = nb.cells[solution_index].source
-                for source, fragment in wrong[nbgrader(nb.cells[solution_index])["grade_id"]]:
+                grade_id = nbgrader(nb.cells[solution_index])["grade_id"]
+                correct, check_source = nb.cells[solution_index].source, cell.source
+                modes = {"grading": check_source}
+                if (name, grade_id) not in CAUGHT_ONLY_WHEN_GRADING:
+                    modes["notebook"] = _visible(check_source)
+                for source, fragment in wrong[grade_id]:
                     nb.cells[solution_index].source = source
                     assert _run_cell(client, nb, solution_index)[0] is None
-                    ename, printed = _run_cell(client, nb, index)
-                    assert ename == "CheckFailed", f"{meta['grade_id']} accepted:\n{source}"
-                    assert "❌" in printed and fragment in printed, printed
-                nb.cells[solution_index].source = correct
+                    for mode, mode_source in modes.items():
+                        cell.source = mode_source
+                        ename, printed = _run_cell(client, nb, index)
+                        assert ename == "CheckFailed", f"{meta['grade_id']} accepted in {mode} mode:\n{source}"
+                        assert "❌" in printed and fragment in printed, printed
+                for source in alternatives.get(grade_id, []):
+                    nb.cells[solution_index].source = source
+                    assert _run_cell(client, nb, solution_index)[0] is None
+                    for mode, mode_source in {"notebook": _visible(check_source), "grading": check_source}.items():
+                        cell.source = mode_source
+                        ename, printed = _run_cell(client, nb, index)
+                        assert ename is None, f"{meta['grade_id']} rejected a correct answer in {mode} mode:\n{source}\n{printed}"
+                nb.cells[solution_index].source, cell.source = correct, check_source
                 assert _run_cell(client, nb, solution_index)[0] is None
             ename, printed = _run_cell(client, nb, index)
             assert ename is None, f"cell {index} of {name} failed with the correct solution: {printed}"

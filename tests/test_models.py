@@ -27,7 +27,11 @@ def test_built_preset_holds_exactly_the_counted_parameters(name):
     """Our builder on the meta device (nothing allocated) against the closed-form count."""
     cfg = preset(name)
     layers = min(cfg.num_layers, 4)  # the per-layer structure repeats; keep big presets quick
-    small = cfg.replace(num_layers=layers, layer_types=cfg.layer_types[:layers] if cfg.layer_types else None)
+    small = cfg.replace(
+        num_layers=layers,
+        layer_types=cfg.layer_types[:layers] if cfg.layer_types else None,
+        nope_layers=tuple(i for i in cfg.nope_layers or () if i < layers) or None,
+    )
     with torch.device("meta"):
         model = build(small)
     assert model.num_parameters() == count_params(small).total

@@ -45,7 +45,8 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
     nbgrader(course, "generate_assignment", "lesson00", "--force")
     released = nbformat.read(course / "release" / "lesson00" / "00_welcome.ipynb", as_version=4)
     assert "BEGIN HIDDEN TESTS" not in nbformat.writes(released)
-    for student, answer in (("alice", CORRECT), ("bob", WRONG)):
+    stub = next(c.source for c in released.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "softmax")
+    for student, answer in (("alice", CORRECT), ("bob", WRONG), ("carol", stub)):
         nbgrader(course, "db", "student", "add", student)
         for cell in released.cells:
             if cell.metadata.get("nbgrader", {}).get("grade_id") == "softmax":
@@ -59,10 +60,18 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
         bob = gradebook.find_submission("lesson00", "bob")
         assert (alice.score, alice.max_score) == (2.0, 2.0)
         assert (bob.score, bob.max_score) == (0.0, 2.0)
-        nbgrader_scores = {name: gradebook.find_submission("lesson00", name).score for name in ("alice", "bob")}
+        carol = gradebook.find_submission("lesson00", "carol")
+        assert (carol.score, carol.max_score) == (0.0, 2.0)
+        nbgrader_scores = {name: gradebook.find_submission("lesson00", name).score for name in ("alice", "bob", "carol")}
+    # The failed check did not raise (Run All goes on in JupyterLab): nbgrader scored it 0 from the
+    # error output the check published, which holds the one-line diagnosis and no traceback.
+    autograded = nbformat.read(course / "autograded" / "bob" / "lesson00" / "00_welcome.ipynb", as_version=4)
+    check = next(c for c in autograded.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "softmax_check")
+    [error] = [o for o in check.outputs if o.output_type == "error"]
+    assert error.ename == "CheckFailed" and len(error.traceback) == 1 and error.traceback[0].startswith("❌")
     # olm-edu grade on the same submitted/ folder: the course gradebook agrees with nbgrader
     out = tmp_path / "grades"
     grade_course(course / "submitted", out, course=ROOT, limits=Limits(cell_seconds=60), progress=False,
                  sandbox=sandbox_problem() is None)
     rows = {r["student_id"]: r for r in csv.DictReader((out / "gradebook.csv").open())}
-    assert {name: float(rows[name]["00_welcome"]) for name in ("alice", "bob")} == nbgrader_scores
+    assert {name: float(rows[name]["00_welcome"]) for name in ("alice", "bob", "carol")} == nbgrader_scores

@@ -56,6 +56,30 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_matched_hidden_dim(variant: ModelConfig, baseline: ModelConfig) -> int:
+    """The hidden_dim whose count_params(...).non_embedding is closest to the baseline's."""
+    return _closest_width(variant, count_params(baseline).non_embedding)
+
+
+def reference_seed_summary(final_losses: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """{variant: (mean, sample standard deviation)}."""
+    return {name: (statistics.mean(losses), statistics.stdev(losses)) for name, losses in final_losses.items()}
+
+
+def reference_real_differences(final_losses: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, bool]]:
+    """{variant: (mean - baseline mean, |difference| > sd + baseline sd)}."""
+    return _reference_real(final_losses, baseline)
+
+
+def reference_tokens_per_second(step_seconds: list[float], batch_size: int, block_size: int, warmup: int) -> float:
+    """batch_size * block_size / the median step time after the warm-up."""
+    return batch_size * block_size / statistics.median(step_seconds[warmup:])
+
+
 # ---------------------------------------------------------------------------
 # Exercise 1 — the width that matches the baseline's size
 # ---------------------------------------------------------------------------
@@ -131,7 +155,7 @@ def _width_cases(check: Check) -> list[tuple[str, ModelConfig, ModelConfig]]:
     return cases
 
 
-@exercise("Exercise 1 — the width that matches the baseline")
+@exercise("Exercise 1 — the width that matches the baseline", reference=reference_matched_hidden_dim)
 def matched_hidden_dim(check: Check, fn: Callable[[ModelConfig, ModelConfig], int]) -> None:
     for what, baseline, variant in _width_cases(check):
         call = f"matched_hidden_dim(variant, baseline) for {what}"
@@ -184,7 +208,7 @@ def _loss_table(check: Check, variants: int, seeds: list[int]) -> dict[str, list
     return table
 
 
-@exercise("Exercise 2 — mean and spread over seeds")
+@exercise("Exercise 2 — mean and spread over seeds", reference=reference_seed_summary)
 def seed_summary(check: Check, fn: Callable[[dict[str, list[float]]], dict]) -> None:
     tables = [
         {"gpt2": [2.10, 2.14], "swiglu": [2.09, 2.10], "moe": [2.20, 2.17, 2.19]},
@@ -283,7 +307,7 @@ def _same(got: dict, expected: dict) -> bool:
         return False
 
 
-@exercise("Exercise 3 — which differences exceed the noise")
+@exercise("Exercise 3 — which differences exceed the noise", reference=reference_real_differences)
 def real_differences(check: Check, fn: Callable[[dict[str, list[float]], str], dict]) -> None:
     designed = {  # gpt2 sd 0.02829 (ddof=1), 0.02 (ddof=0)
         "gpt2": [2.10, 2.14],
@@ -354,7 +378,7 @@ def _throughput_mistakes(times: list[float], batch: int, block: int, warmup: int
     return mistakes
 
 
-@exercise("Exercise 4 — tokens per second from step timings")
+@exercise("Exercise 4 — tokens per second from step timings", reference=reference_tokens_per_second)
 def tokens_per_second(check: Check, fn: Callable[[list[float], int, int, int], float]) -> None:
     cases = [
         ([0.90, 0.31, 0.10, 0.11, 0.12, 0.40, 0.10], 16, 64, 2),  # two slow warm-up steps, one slow step later

@@ -41,6 +41,35 @@ from olm_edu.models import ModelConfig, preset
 ATOL, RTOL = 1e-5, 1e-4
 ROUTE_ATOL, ROUTE_RTOL = 1e-6, 1e-5
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_mla_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)
+
+
+def reference_latent_attention(q_content: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                               key_up: torch.Tensor, value_up: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Attention from the latent (the check's float64 reference), in the queries' dtype: (B, H, T, d_v)."""
+    return _latent_attention_reference(q_content, q_rope, latent, k_rope, key_up, value_up,
+                                       positions).to(q_content.dtype)
+
+
+def reference_deepseek_route(logits: torch.Tensor, selection_bias: torch.Tensor, k: int, num_groups: int,
+                             groups_per_token: int, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's routing (weights in the logits' dtype, experts sorted by index), each (N, k)."""
+    weights, experts = _route_reference(logits, selection_bias, k, num_groups, groups_per_token, scaling_factor)
+    return weights.to(logits.dtype), experts
+
+
+def reference_update_selection_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
+    """b + rate * sign(mean load - load): idle experts up, busy ones down."""
+    load = tokens_per_expert.float()
+    return bias + rate * torch.sign(load.mean() - load).to(bias.dtype)
+
+
 # -- Exercise 1: MLA's cache in bytes -------------------------------------------------------------
 
 
@@ -109,7 +138,7 @@ def _mla_cache_mistakes(cfg: ModelConfig, seq_len: int, bytes_per_number: int, b
     return mistakes
 
 
-@exercise("Exercise 1 — MLA's cache in bytes")
+@exercise("Exercise 1 — MLA's cache in bytes", reference=reference_mla_cache_bytes)
 def mla_cache_bytes(check: Check, fn: Callable[..., int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width",
                  reason="Exercise 1 asks you to write the formula yourself (you compare with the library right after)")
@@ -220,7 +249,7 @@ def _attention_mistakes(inputs: tuple, head_dim: int, rope_head_dim: int, length
     return mistakes
 
 
-@exercise("Exercise 2 — attention from the latent")
+@exercise("Exercise 2 — attention from the latent", reference=reference_latent_attention)
 def latent_attention(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     # (B, H, T, head_dim, rope_head_dim, kv_latent_dim, value_head_dim, first position)
     cases = [(2, 4, 6, 8, 4, 12, 6, 0), (1, 3, 5, 16, 8, 24, 16, 7), (2, 2, 1, 4, 2, 6, 4, 3)]
@@ -320,7 +349,7 @@ def _route_mistakes(args: tuple, scaling: float) -> dict[str, dict[str, Any]]:
     }
 
 
-@exercise("Exercise 3 — sigmoid routing with a selection bias and groups")
+@exercise("Exercise 3 — sigmoid routing with a selection bias and groups", reference=reference_deepseek_route)
 def deepseek_route(check: Check, fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     # (tokens, experts, k, groups, groups per token, routed_scaling_factor)
     cases = [(64, 16, 3, 4, 2, 2.5), (48, 32, 4, 8, 3, 2.5), (32, 8, 2, 1, 1, 1.0)]
@@ -382,7 +411,7 @@ def _counts(check: Check, num_experts: int, tokens: int, even: bool = False) -> 
     return counts
 
 
-@exercise("Exercise 4 — the bias update")
+@exercise("Exercise 4 — the bias update", reference=reference_update_selection_bias)
 def update_selection_bias(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     cases = [(16, 512, 0.001, False), (8, 100, 0.01, False), (4, 40, 0.05, True)]
     if check.hidden:

@@ -30,6 +30,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from olm_edu.grading import Check, exercise
+from olm_edu.nn import GatedFFN, SwiGLUFFN
+from olm_edu.nn import gated_hidden_dim as library_gated_hidden_dim
 
 ATOL, RTOL = 1e-5, 1e-4
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -56,6 +58,10 @@ def _load(check: Check, module: object, weights: dict[str, torch.Tensor], call: 
     theirs = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     ours = {name: tuple(t.shape) for name, t in weights.items()}
     if theirs != ours:
+        biases = {name: shape for name, shape in ours.items() if name.endswith(".bias")}
+        if biases and {n: s for n, s in theirs.items()} == {n: s for n, s in ours.items() if n not in biases}:
+            check.fail(f"{call} made no biases although bias=True was passed: give each nn.Linear bias=bias "
+                       "(the argument), not a fixed bias=False")
         missing = ", ".join(f"{n} {s}" for n, s in ours.items() if theirs.get(n) != s) or "none"
         extra = ", ".join(f"{n} {s}" for n, s in theirs.items() if ours.get(n) != s) or "none"
         check.fail(f"{call} does not hold the parameters the check expects. Missing or with another shape: "
@@ -113,6 +119,27 @@ def _run_ffn(check: Check, module: nn.Module, call: str, weights: dict[str, torc
         check.expect(got.dtype == torch.float32, f"{what}: a float32 input should give a float32 output, got {got.dtype}")
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_swiglu(embed_dim: int, hidden_dim: int, bias: bool = False) -> nn.Module:
+    """olm_edu.nn.SwiGLUFFN: the same gate_proj, up_proj and down_proj."""
+    return SwiGLUFFN(embed_dim, hidden_dim, bias=bias)
+
+
+def reference_geglu(embed_dim: int, hidden_dim: int, approximate: str = "tanh", bias: bool = False) -> nn.Module:
+    """olm_edu.nn.GeGLUFFN (tanh GELU) or a GatedFFN with the exact GELU; the same layer names."""
+    module = GatedFFN(embed_dim, hidden_dim, activation="gelu_tanh" if approximate == "tanh" else "gelu", bias=bias)
+    module.approximate = approximate
+    return module
+
+
+def reference_gated_hidden_dim(embed_dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """olm_edu.nn.gated_hidden_dim, Llama's rule."""
+    return library_gated_hidden_dim(embed_dim, multiple_of, ffn_dim_multiplier)
+
+
 # -- Exercise 1: SwiGLU -----------------------------------------------------------------------------
 
 _LAYER_NAMES = ("self.gate_proj = nn.Linear(embed_dim, hidden_dim, bias=bias), self.up_proj = nn.Linear(embed_dim, "
@@ -131,12 +158,12 @@ def _swiglu_mistakes(gate, up, down) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 1 — SwiGLU")
+@exercise("Exercise 1 — SwiGLU", reference=reference_swiglu)
 def swiglu(check: Check, swiglu_class: Callable[..., nn.Module]) -> None:
     """SwiGLU(embed_dim, hidden_dim, bias=False): down(silu(gate x) * up x), SiLU written by hand."""
     check.forbid("torch.nn.functional.silu",
                  reason="Exercise 1 asks you to write SiLU yourself, gate * torch.sigmoid(gate) (nn.SiLU calls it too)")
-    sizes = [(16, 40, False), (24, 64, False)]
+    sizes = [(16, 40, False), (24, 64, True)]  # the exercise asks for bias=False and bias=True
     if check.hidden:
         sizes += [(32, 88, True), (8, 8, False), (1, 3, True)]
     hint = "self.down_proj(gate * torch.sigmoid(gate) * self.up_proj(x)) with gate = self.gate_proj(x)"
@@ -148,7 +175,8 @@ def swiglu(check: Check, swiglu_class: Callable[..., nn.Module]) -> None:
         module = check.call(swiglu_class, *args, what=call, **kwargs)
         weights = _weights(check, embed_dim, hidden_dim, bias)
         _load(check, module, weights, call, _LAYER_NAMES + ("" if bias else " (no biases unless bias=True)"))
-        shapes = [(2, 5, embed_dim), (3, embed_dim)] + ([(embed_dim,), (1, 1, 2, embed_dim)] if check.hidden else [])
+        # (..., embed_dim): three leading shapes in view, one more when grading
+        shapes = [(2, 5, embed_dim), (3, embed_dim), (embed_dim,)] + ([(1, 1, 2, embed_dim)] if check.hidden else [])
         _run_ffn(check, module, call, weights, shapes, F.silu, _swiglu_mistakes, hint)
 
 
@@ -173,12 +201,12 @@ def _geglu_mistakes(approximate: str):
     return mistakes
 
 
-@exercise("Exercise 2 — GeGLU")
+@exercise("Exercise 2 — GeGLU", reference=reference_geglu)
 def geglu(check: Check, geglu_class: Callable[..., nn.Module]) -> None:
     """GeGLU(embed_dim, hidden_dim, approximate="tanh", bias=False): down(gelu(gate x) * up x)."""
-    cases = [(16, 40, None, False), (24, 64, "none", False)]
+    cases = [(16, 40, None, False), (24, 64, "none", False), (8, 8, "none", True)]  # with and without biases
     if check.hidden:
-        cases += [(32, 88, "tanh", True), (8, 8, "none", True)]
+        cases += [(32, 88, "tanh", True), (12, 20, "tanh", False)]
     for embed_dim, hidden_dim, approximate, bias in cases:
         kwargs = {}
         if approximate is not None:
@@ -251,7 +279,7 @@ HIDDEN_WIDTH_CASES = [
 ]
 
 
-@exercise("Exercise 3 — the gated width")
+@exercise("Exercise 3 — the gated width", reference=reference_gated_hidden_dim)
 def gated_hidden_dim(check: Check, fn: Callable[..., int]) -> None:
     """gated_hidden_dim(embed_dim, multiple_of=256, ffn_dim_multiplier=None) -> int, Llama's rule."""
     check.forbid("olm_edu.nn.gated_hidden_dim",

@@ -24,6 +24,8 @@ import torch
 
 from olm_edu import analysis
 from olm_edu.grading import Check, exercise
+from olm_edu.nn import attend, attention_mask
+from olm_edu.nn.attention import repeat_kv as library_repeat_kv
 from olm_edu.models import ModelConfig, preset
 
 _REPEAT_INTERLEAVE = ("torch.repeat_interleave", "torch.Tensor.repeat_interleave")
@@ -35,6 +37,28 @@ def _kv_index(num_heads: int, kv_heads: int, tiled: bool = False) -> torch.Tenso
     """The KV head each query head reads: h // (H / H_kv), or (the mistake) h mod H_kv."""
     heads = torch.arange(num_heads)
     return heads % kv_heads if tiled else heads // (num_heads // kv_heads)
+
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """olm_edu.nn.repeat_kv. Shapes: (B, H_kv, T, d) -> (B, H_kv * groups, T, d)."""
+    return library_repeat_kv(x, groups)
+
+
+def reference_grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA with olm_edu.nn.attend on repeated keys and values. Shapes: as Exercise 2."""
+    groups = q.shape[1] // k.shape[1]
+    positions = torch.arange(q.shape[-2], device=q.device)
+    return attend(q, library_repeat_kv(k, groups), library_repeat_kv(v, groups), attention_mask(positions, positions),
+                  scale=q.shape[-1] ** -0.5, implementation="explicit")
+
+
+def reference_kv_cache_size(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2, batch_size: int = 1) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, {1: "fp8", 2: "bf16", 4: "fp32"}[bytes_per_number], batch_size)
 
 
 # -- Exercise 1: repeat_kv ---------------------------------------------------------------------
@@ -62,22 +86,29 @@ def _wrong_dim_message(got: Any, x: torch.Tensor, groups: int) -> str | None:
     return None
 
 
-@exercise("Exercise 1 — repeat_kv by hand")
+@exercise("Exercise 1 — repeat_kv by hand", reference=reference_repeat_kv)
 def repeat_kv(check: Check, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     check.forbid(*_REPEAT_INTERLEAVE, reason="Exercise 1 asks you to build the repetition yourself "
                  "(expand + reshape, or indexing)")
     # (B, H_kv, T, d), groups; H_kv > 1 with groups > 1 tells tiling from interleaving
+    # the last visible case is a transposed view (keys as attention makes them): `view` refuses it
     cases: list[tuple[tuple[int, ...], int]] = [((2, 2, 5, 4), 3), ((1, 4, 3, 8), 2), ((1, 1, 6, 4), 4),
-                                                 ((2, 3, 4, 2), 1)]
+                                                 ((2, 3, 4, 2), 1), ((2, 3, 5, 4), 2)]
+    non_contiguous = {len(cases) - 1}
     if check.hidden:
         cases += [((3, 3, 7, 2), 5), ((1, 8, 9, 16), 4), ((2, 2, 1, 3), 2)]
+        non_contiguous.add(len(cases) - 2)
     for index, (shape, groups) in enumerate(cases):
         x = check.randn(*shape)
-        if check.hidden and index == len(cases) - 2:  # a non-contiguous input (a transposed view)
+        if index in non_contiguous:  # (B, T, H_kv, d) transposed to (B, H_kv, T, d), as after a projection
             x = check.randn(shape[0], shape[2], shape[1], shape[3]).transpose(1, 2)
         original = x.clone()
         what = f"repeat_kv(x of shape {tuple(x.shape)}, groups={groups})"
-        got = check.call(fn, x, groups, what=what)
+        if index in non_contiguous:
+            what += " [a transposed, non-contiguous view]"
+        got = check.call(fn, x, groups, what=what,
+                         hint="x may be a non-contiguous view (keys come out of a transpose): .view() refuses it, "
+                              "use x[:, :, None] or .unsqueeze(2), then .expand(...) and .reshape(...)")
         check.expect(torch.equal(x, original), f"{what} changed its input in place; build a new tensor")
         wrong_dim = _wrong_dim_message(got, x, groups)
         if wrong_dim:
@@ -117,7 +148,7 @@ def _gqa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tiled: 
     return torch.softmax(scores, dim=-1) @ v
 
 
-@exercise("Exercise 2 — grouped-query attention")
+@exercise("Exercise 2 — grouped-query attention", reference=reference_grouped_query_attention)
 def grouped_query_attention(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     check.forbid(*_SDPA, reason="Exercise 2 asks you to write attention from matmul and softmax "
                  "(you compare with SDPA right after)")
@@ -215,7 +246,7 @@ def _describe(cfg: ModelConfig) -> str:
             f"head_size={cfg.head_size}, embed_dim={cfg.embed_dim})")
 
 
-@exercise("Exercise 3 — KV-cache bytes")
+@exercise("Exercise 3 — KV-cache bytes", reference=reference_kv_cache_size)
 def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width",
                  reason="Exercise 3 asks you to write the formula yourself (you compare with the library right after)")
@@ -236,4 +267,3 @@ def kv_cache_size(check: Check, fn: Callable[..., int]) -> None:
         expected = analysis.kv_cache_bytes(cfg, seq_len, dtypes[bytes_per_number], batch_size)
         check.count(got, expected, _cache_mistakes(cfg, seq_len, bytes_per_number, batch_size), what=what,
                     hint="2 (K and V) * num_layers * kv_heads * head_size * seq_len * batch_size * bytes_per_number")
-

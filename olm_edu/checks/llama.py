@@ -32,6 +32,7 @@ from torch import nn
 from olm_edu import analysis
 from olm_edu.grading import Check, CheckFailed, exercise
 from olm_edu.models import ModelConfig, build, from_hf_config
+from olm_edu.nn import Attention, RMSNorm, SwiGLUFFN
 
 ATOL, RTOL = 1e-5, 1e-4
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -205,6 +206,10 @@ def _layer_mistakes(cfg: ModelConfig, weights: dict[str, torch.Tensor], x: torch
             cfg.replace(norm="layernorm", norm_bias=False),
         "the gate uses GELU (GeGLU, Gemma's); Llama's SwiGLU uses SiLU. Hint: SwiGLUFFN": cfg.replace(activation="gelu_tanh"),
     }
+    if cfg.rope_theta != 500_000.0:
+        variant_configs["RoPE uses Llama 3's base 500000, but this config's rope_theta is "
+                        f"{cfg.rope_theta:g}. Hint: pass rope_theta=cfg.rope_theta to Attention"] = cfg.replace(
+            rope_theta=500_000.0)
     if cfg.norm_eps != 1e-6:
         variant_configs["the norms use eps=1e-6 (RMSNorm's default); this config's is cfg.norm_eps="
                         f"{cfg.norm_eps:g}. Hint: RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)"] = cfg.replace(norm_eps=1e-6)
@@ -226,21 +231,77 @@ def _layer_mistakes(cfg: ModelConfig, weights: dict[str, torch.Tensor], x: torch
     return mistakes
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+class ReferenceLlamaDecoderLayer(nn.Module):
+    """Exercise 1 built from the library's parts (RMSNorm, Attention, SwiGLUFFN), the lesson's names."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, bias=False,
+                              position="rope", rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,
+                              max_seq_len=cfg.max_seq_len)
+        self.mlp_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLUFFN(cfg.embed_dim, cfg.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x))  # (B, T, d)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class ReferenceLlama(nn.Module):
+    """Exercise 2 from the library's parts: ids (B, T) -> logits (B, T, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.layers = nn.ModuleList(ReferenceLlamaDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.token_embedding(ids)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.final_norm(h))
+
+
+def reference_llama_params(config: dict) -> int:
+    """olm_edu.analysis.count_params of the config.json's model."""
+    return analysis.count_params(from_hf_config(config)).total
+
+
+def reference_convert_llama_state_dict(hf_state_dict: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """transformers' Llama names -> the lesson's (the tied head, when there is no lm_head.weight)."""
+    return {name: tensor for name, (tensor, _) in _reference_convert(hf_state_dict, num_layers).items()}
+
+
 # -- Exercise 1: the decoder layer --------------------------------------------------------------
 
 def _layer_configs(check: Check) -> list[ModelConfig]:
-    configs = [llama_config(embed_dim=32, num_heads=4, num_kv_heads=2, hidden_dim=96)]
+    # The exercise says every size and RoPE setting must come from cfg: the visible configs differ
+    # from Llama 3.1 8B in each (head_dim, norm_eps, num_kv_heads, rope_theta, rope_scaling).
+    configs = [
+        llama_config(embed_dim=32, num_heads=4, num_kv_heads=2, hidden_dim=96),
+        llama_config(embed_dim=48, num_heads=4, num_kv_heads=1, head_dim=16, hidden_dim=128, norm_eps=0.05),
+        llama_config(embed_dim=32, num_heads=2, num_kv_heads=None, hidden_dim=64, rope_scaling=None,
+                     rope_theta=10_000.0),
+    ]
     if check.hidden:
         configs += [
-            llama_config(embed_dim=48, num_heads=4, num_kv_heads=1, head_dim=16, hidden_dim=128, norm_eps=0.05),
-            llama_config(embed_dim=32, num_heads=2, num_kv_heads=None, hidden_dim=64, rope_scaling=None,
-                         rope_theta=10_000.0),
             llama_config(embed_dim=64, num_heads=8, num_kv_heads=4, hidden_dim=160, max_seq_len=16),
+            llama_config(embed_dim=40, num_heads=5, num_kv_heads=1, head_dim=12, hidden_dim=72, norm_eps=1e-3,
+                         rope_theta=50_000.0),
         ]
     return configs
 
 
-@exercise("Exercise 1 — Llama's decoder layer")
+@exercise("Exercise 1 — Llama's decoder layer", reference=ReferenceLlamaDecoderLayer)
 def decoder_layer(check: Check, layer_class: Callable[[ModelConfig], nn.Module]) -> None:
     for cfg in _layer_configs(check):
         call = f"LlamaDecoderLayer(cfg) {_describe(cfg)}"
@@ -328,7 +389,7 @@ def _model_logits(reference: nn.Module, ids: torch.Tensor, *, final_norm: bool =
     return reference.head(h)  # (B, T, V)
 
 
-@exercise("Exercise 2 — assemble Llama")
+@exercise("Exercise 2 — assemble Llama", reference=ReferenceLlama)
 def llama(check: Check, model_class: Callable[[ModelConfig], nn.Module]) -> None:
     for cfg in _model_configs(check):
         call = f"Llama(cfg) {_describe(cfg, model=True)}"
@@ -462,13 +523,15 @@ def _preset_json(name: str) -> dict:
     return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
-@exercise("Exercise 3 — count Llama's parameters from config.json")
+@exercise("Exercise 3 — count Llama's parameters from config.json", reference=reference_llama_params)
 def param_count(check: Check, fn: Callable[[dict], int]) -> None:
     configs = [(name, _preset_json(name)) for name in ("Llama-3.1-8B", "Llama-3.2-1B")]
     configs += [("a random Llama config", _random_config(check, False)) for _ in range(4 if not check.hidden else 10)]
+    # the exercise asks to read head_dim when the key is present: one such config in view, more when grading
+    configs += [("a random Llama config with its own head_dim", _random_config(check, True))
+                for _ in range(1 if not check.hidden else 4)]
     if check.hidden:
         configs += [(name, _preset_json(name)) for name in ("Llama-3.1-70B", "Llama-3.1-405B")]
-        configs += [("a random Llama config with its own head_dim", _random_config(check, True)) for _ in range(4)]
     wrong = []  # (call, expected, got, the mistakes that fit)
     for label, config in configs:
         cfg = from_hf_config(config)
@@ -585,7 +648,7 @@ def _convert_cases(check: Check) -> list[tuple[ModelConfig, bool]]:
     return cases
 
 
-@exercise("Exercise 4 — transformers' Llama names to the lesson's")
+@exercise("Exercise 4 — transformers' Llama names to the lesson's", reference=reference_convert_llama_state_dict)
 def convert_state_dict(check: Check, fn: Callable, model_class: type | None = None) -> None:
     for cfg, with_head in _convert_cases(check):
         hf = {name: check.randn(*shape) for name, shape in _hf_shapes(cfg, with_head).items()}

@@ -64,6 +64,26 @@ def _pick(check: Check, options: list) -> Any:
     return options[int(check.randint(0, len(options), 1))]
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_moe_ffn_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(feed-forward parameters of all layers, those one token uses), from olm_edu.analysis."""
+    return _library_ffn(cfg)
+
+
+def reference_serving_memory(cfg: ModelConfig, weight_dtype: str, seq_len: int, batch_size: int = 1,
+                             cache_dtype: str = "bf16") -> int:
+    """olm_edu.analysis.weight_bytes + kv_cache_bytes."""
+    return analysis.weight_bytes(cfg, weight_dtype) + analysis.kv_cache_bytes(cfg, seq_len, cache_dtype, batch_size)
+
+
+def reference_forward_flops(cfg: ModelConfig, seq_len: int) -> int:
+    """olm_edu.analysis.flops_per_token(cfg, seq_len)["forward"]."""
+    return analysis.flops_per_token(cfg, seq_len)["forward"]
+
+
 # -- Exercise 1: the feed-forward of a mixture of experts ---------------------------------------
 
 def _library_ffn(cfg: ModelConfig) -> tuple[int, int]:
@@ -154,7 +174,7 @@ _FFN_LIBRARY = tuple(f"olm_edu.analysis.{name}" for name in ("count_params", "fl
                                                               "_dense_ffn_params"))
 
 
-@exercise("Exercise 1 — the feed-forward of a mixture of experts")
+@exercise("Exercise 1 — the feed-forward of a mixture of experts", reference=reference_moe_ffn_params)
 def moe_ffn_params(check: Check, fn: Callable[[ModelConfig], tuple[int, int]]) -> None:
     check.forbid(*_FFN_LIBRARY, reason="Exercise 1 asks you to count the feed-forward from the config's knobs")
     cases = [preset(name) for name in ("Mixtral-8x7B-v0.1", "Qwen3-30B-A3B", "DeepSeek-V3", "DeepSeek-V2-Lite",
@@ -239,7 +259,7 @@ def _odd_config() -> ModelConfig:
     return cfg
 
 
-@exercise("Exercise 2 — the memory to serve a model")
+@exercise("Exercise 2 — the memory to serve a model", reference=reference_serving_memory)
 def serving_memory(check: Check, fn: Callable[..., int]) -> None:
     # only weight_bytes: count_params and kv_cache_bytes (and the helpers they call) are allowed
     check.forbid("olm_edu.analysis.weight_bytes",
@@ -372,7 +392,7 @@ _FLOPS_LIBRARY = tuple(f"olm_edu.analysis.{name}" for name in ("flops_per_token"
                                                                 "_ffn_params", "_dense_ffn_params", "_tokens_seen"))
 
 
-@exercise("Exercise 3 — forward FLOPs per token")
+@exercise("Exercise 3 — forward FLOPs per token", reference=reference_forward_flops)
 def forward_flops(check: Check, fn: Callable[[ModelConfig, int], int]) -> None:
     check.forbid(*_FLOPS_LIBRARY, reason="Exercise 3 asks you to add up the FLOPs yourself")
     windowed = ModelConfig(vocab_size=97, max_seq_len=64, embed_dim=32, num_layers=4, num_heads=4, num_kv_heads=2,

@@ -14,8 +14,10 @@ Every reference is written here from the formulas, in float64, independently of 
 A token's k experts may come back in any order: routing is compared expert by expert (both sides
 sorted by expert index). Gradients are compared too, because a router learns only through them.
 When an answer is wrong the check computes the usual mistakes (no renormalisation, a softmax over
-the chosen logits only, unweighted outputs, no factor E, counts instead of fractions, a z-loss
-that is not squared, ...) and names the one the answer matches.
+the chosen logits only, unweighted outputs, an output assigned where it must be added, a global
+top_k used instead of the argument k, no factor E, counts instead of fractions, a z-loss that is
+not squared, ...) and names the one the answer matches. The MoE forward is also given an expert
+that no token chooses, with NaN weights: a sparse layer never runs it (the exercise asks for that).
 
 Tolerances (float32 inputs, float64 references): routing weights atol=1e-6, rtol=1e-5 (a softmax
 and a division); the MoE output atol=1e-5, rtol=1e-4 (three matmuls per expert); the losses
@@ -30,9 +32,11 @@ import torch
 from torch.nn import functional as F
 
 from olm_edu.grading import Check, exercise
+from olm_edu.nn import load_balancing_loss as library_balance
+from olm_edu.nn import router_z_loss as library_z_loss
 
-__all__ = ["route", "moe_forward", "load_balancing_loss", "router_z_loss", "reference_route", "reference_balance",
-           "reference_z_loss"]
+__all__ = ["route", "moe_forward", "load_balancing_loss", "router_z_loss", "reference_route", "reference_moe_forward",
+           "reference_load_balancing_loss", "reference_router_z_loss"]
 
 WEIGHT_TOL = dict(atol=1e-6, rtol=1e-5)
 OUTPUT_TOL = dict(atol=1e-5, rtol=1e-4)
@@ -42,7 +46,7 @@ GRAD_TOL = dict(atol=1e-5, rtol=1e-4)
 
 # -- references ------------------------------------------------------------------------------------
 
-def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _exact_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights (N, k), experts (N, k)), both sorted by expert index; float64 weights."""
     probabilities = torch.softmax(logits.double(), dim=-1)  # (N, E)
     experts = probabilities.topk(k, dim=-1).indices.sort(dim=-1).values  # (N, k)
@@ -76,7 +80,7 @@ def _combine(gates: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ne,end->nd", gates, outputs)
 
 
-def reference_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
+def _exact_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Switch load-balancing loss E * sum_e f_e P_e, f_e a fraction of the N tokens (sums to k)."""
     num_tokens, num_experts = logits.shape
     probabilities = torch.softmax(logits.double(), dim=-1)
@@ -85,7 +89,7 @@ def reference_balance(logits: torch.Tensor, k: int) -> torch.Tensor:
     return num_experts * (fraction * probabilities.mean(dim=0)).sum()
 
 
-def reference_z_loss(logits: torch.Tensor) -> torch.Tensor:
+def _exact_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.double(), dim=-1).square().mean()
 
 
@@ -107,6 +111,42 @@ def _gradient(check: Check, value: Any, leaf: torch.Tensor, projection: torch.Te
     if gradient is None:
         check.fail(f"{what}: no gradient reaches the router logits. {hint}")
     return gradient
+
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_route(logits: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, experts), each (N, k), in the logits' dtype (what olm_edu.nn.Router computes)."""
+    weights, experts = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+def reference_moe_forward(x: torch.Tensor, router_weight: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
+                          down_proj: torch.Tensor, k: int) -> torch.Tensor:
+    """Mixtral's layer with olm_edu.nn.Experts' loop: x (B, T, d) -> (B, T, d)."""
+    flat = x.reshape(-1, x.shape[-1])  # (N, d)
+    weights, experts = reference_route(flat @ router_weight.T, k)
+    out = torch.zeros_like(flat)
+    for expert in experts.unique().tolist():
+        tokens, slot = torch.where(experts == expert)
+        out = out.index_add(0, tokens, _one_expert(flat[tokens], gate_proj[expert], up_proj[expert],
+                                                   down_proj[expert]) * weights[tokens, slot, None])
+    return out.reshape(x.shape)
+
+
+def reference_load_balancing_loss(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """olm_edu.nn.load_balancing_loss on softmax scores and their top-k experts."""
+    scores = torch.softmax(logits, dim=-1)
+    return library_balance(scores, scores.topk(k, dim=-1).indices)
+
+
+def reference_router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """olm_edu.nn.router_z_loss."""
+    return library_z_loss(logits)
 
 
 # -- Exercise 1: top-k routing -----------------------------------------------------------------
@@ -178,7 +218,7 @@ def _route_mistakes(logits: torch.Tensor, experts: torch.Tensor, renormalize: bo
     return {SOFTMAX_OVER_CHOSEN: probabilities / probabilities.sum(-1, keepdim=True), RAW_LOGITS: chosen_logits}
 
 
-@exercise("Exercise 1 — top-k routing")
+@exercise("Exercise 1 — top-k routing", reference=reference_route)
 def route(check: Check, fn: Callable) -> None:
     cases = [  # (tokens, experts, k, renormalize, logit scale, what it is)
         (6, 8, 2, True, 1.0, "Mixtral: 8 experts, top-2, renormalised"),
@@ -201,7 +241,7 @@ def route(check: Check, fn: Callable) -> None:
         what = f"route(logits of shape ({n}, {e}), k={k}, renormalize={renormalize}) [{description}]"
         weights, experts = _route_call(check, fn, logits, k, renormalize, what)
         check.expect(torch.equal(logits, original), f"{what} changed the logits it was given; compute on new tensors")
-        expected_weights, expected_experts = reference_route(original, k, renormalize)
+        expected_weights, expected_experts = _exact_route(original, k, renormalize)
         _check_experts(check, original, k, experts, expected_experts, what)
         _, got_weights = _by_expert(experts, weights)
         check.close_or_diagnose(
@@ -222,7 +262,7 @@ def route(check: Check, fn: Callable) -> None:
                     "do not detach them, call .item()/.tolist(), or compute them under torch.no_grad()")
             got = _gradient(check, sorted_weights, leaf, projection, what_grad, hint)
             reference_leaf = original.double().requires_grad_(True)
-            reference_weights, _ = reference_route(reference_leaf, k, renormalize)
+            reference_weights, _ = _exact_route(reference_leaf, k, renormalize)
             (expected,) = torch.autograd.grad((reference_weights * projection.double()).sum(), reference_leaf)
             check.close(got, expected, what=f"{what_grad} with respect to the logits", **GRAD_TOL, hint=hint)
 
@@ -241,8 +281,8 @@ def _moe_mistakes(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor, up:
     """The reference output (N, d) and the outputs of the usual mistakes."""
     num_experts = router.shape[0]
     logits = x @ router.T  # (N, E)
-    weights, experts = reference_route(logits, k, renormalize=True)
-    plain, _ = reference_route(logits, k, renormalize=False)
+    weights, experts = _exact_route(logits, k, renormalize=True)
+    plain, _ = _exact_route(logits, k, renormalize=False)
     outputs = _all_experts(x, gate, up, down)  # (E, N, d)
     dense = lambda w: _dense_gates(w, experts, num_experts)  # noqa: E731
     expected = _combine(dense(weights), outputs)
@@ -269,23 +309,62 @@ def _moe_mistakes(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor, up:
     ])  # fmt: skip
     mistakes["you scaled each expert's INPUT by its routing weight; the weight multiplies the expert's OUTPUT: "
              "weight * expert(x), not expert(weight * x)"] = scaled_inputs
+    if k > 1:  # out[tokens] = ... keeps only the expert written last: the highest index, or the last slot
+        last_expert = torch.zeros_like(weights).scatter(1, experts.argmax(dim=-1, keepdim=True), 1.0) * weights
+        by_probability = weights.argsort(dim=-1, descending=True)  # topk's slot order
+        last_slot = torch.zeros_like(weights).scatter(1, by_probability[:, -1:], 1.0) * weights
+        overwrite = ("each token's output holds only ONE of its k experts' weighted outputs, the one written last "
+                     "({}): you assigned (out[tokens] = ...) where you must add (out[tokens] += ... or "
+                     "out = out.index_add(0, tokens, ...)), since a token receives k contributions")
+        mistakes[overwrite.format("its expert with the highest index")] = _combine(dense(last_expert), outputs)
+        mistakes[overwrite.format("its last slot, the smallest weight")] = _combine(dense(last_slot), outputs)
+    for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
+        if other_k != k:
+            other_weights, other_experts = _exact_route(logits, other_k, renormalize=True)
+            mistakes[f"your output is that of top-{other_k} routing, but this case passes k={k}: route with the "
+                     f"argument k (route(logits, k)), not a notebook variable such as top_k"] = _combine(
+                _dense_gates(other_weights, other_experts, num_experts), outputs)
     return expected, mistakes
 
 
-@exercise("Exercise 2 — the MoE forward")
+def _poison_unused_expert(x: torch.Tensor, router: torch.Tensor, gate: torch.Tensor,
+                          up: torch.Tensor, down: torch.Tensor) -> int:
+    """Make the last expert one that no token chooses, and fill its weights with NaN (in place).
+
+    x's first feature is made positive (>= 0.5) and the last router row is -20 along it, so that
+    expert's logit is below -10 while the others are about N(0, 2^2): it is never among the top-k.
+    A sparse MoE never runs it; code that runs every expert on every token (weight 0 for the
+    unchosen ones) gets 0 * NaN = NaN.
+    """
+    unused = router.shape[0] - 1
+    x[..., 0] = x[..., 0].abs() + 0.5
+    router[unused] = 0.0
+    router[unused, 0] = -20.0
+    for weight in (gate, up, down):
+        weight[unused] = float("nan")
+    return unused
+
+
+@exercise("Exercise 2 — the MoE forward", reference=reference_moe_forward)
 def moe_forward(check: Check, fn: Callable) -> None:
-    cases = [  # (B, T, d, E, F, k)
-        (2, 5, 16, 4, 24, 2),
-        (1, 9, 8, 8, 12, 2),
+    cases = [  # (B, T, d, E, F, k, an unused expert with NaN weights)
+        (2, 5, 16, 4, 24, 2, False),
+        (1, 9, 8, 8, 12, 2, False),
+        (1, 7, 8, 6, 12, 3, False),  # k other than the notebook's top_k = 2
+        (2, 4, 8, 5, 12, 1, True),  # "run each expert only on the tokens that chose it"
     ]
     if check.hidden:
-        cases += [(2, 3, 8, 4, 16, 1), (1, 3, 16, 8, 8, 2), (1, 6, 12, 4, 20, 4), (3, 4, 8, 6, 10, 3)]
-    for index, (b, t, d, e, f, k) in enumerate(cases):
+        cases += [(2, 3, 8, 4, 16, 1, False), (1, 3, 16, 8, 8, 2, True), (1, 6, 12, 4, 20, 4, False),
+                  (3, 4, 8, 6, 10, 3, False)]
+    for index, (b, t, d, e, f, k, poisoned) in enumerate(cases):
         x = check.randn(b, t, d)
         router, gate, up, down = _moe_weights(check, e, d, f)
+        unused = _poison_unused_expert(x, router, gate, up, down) if poisoned else None
         originals = [tensor.clone() for tensor in (x, router, gate, up, down)]
         what = (f"moe_forward(x {tuple(x.shape)}, router_weight ({e}, {d}), gate_proj/up_proj ({e}, {f}, {d}), "
                 f"down_proj ({e}, {d}, {f}), k={k})")
+        if poisoned:
+            what += f" [no token chooses expert {unused}, whose weights are NaN]"
         if index == 0:
             router = router.clone().requires_grad_(True)
         got = check.call(fn, x, router, gate, up, down, k, what=what,
@@ -293,9 +372,17 @@ def moe_forward(check: Check, fn: Callable) -> None:
                               "is h @ gate_proj[e].T")
         for tensor, original, name in zip((x, router, gate, up, down), originals,
                                           ("x", "router_weight", "gate_proj", "up_proj", "down_proj")):
-            check.expect(torch.equal(tensor.detach(), original),
-                         f"{what} changed its input {name}; compute on new tensors")
+            check.expect(torch.equal(tensor.detach(), original) or (poisoned and torch.equal(
+                tensor.detach().nan_to_num(7.0), original.nan_to_num(7.0))),
+                f"{what} changed its input {name}; compute on new tensors")
         flat = [tensor.double() for tensor in originals]
+        if poisoned:  # the reference weighs the unused expert by 0; any finite weights do
+            flat[2:] = [weight.nan_to_num(0.0) for weight in flat[2:]]
+            if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.isnan(got).any():
+                check.fail(f"{what}: your output has NaN, which only expert {unused} could bring in, and no token "
+                           "chose it: you ran every expert on every token (with weight 0 for the unchosen ones). "
+                           "Run each expert only on the tokens that chose it: tokens, slot = "
+                           "torch.where(experts == expert)")
         expected, mistakes = _moe_mistakes(flat[0].reshape(-1, d), *flat[1:], k)
         shape = (b, t, d)
         reshaped = {message: value.reshape(shape) for message, value in mistakes.items()}
@@ -316,7 +403,7 @@ def moe_forward(check: Check, fn: Callable) -> None:
                 check.fail(f"{what}: no gradient reaches router_weight. {hint}")
             reference_router = flat[1].clone().requires_grad_(True)
             logits = flat[0].reshape(-1, d) @ reference_router.T
-            weights, experts = reference_route(logits, k)
+            weights, experts = _exact_route(logits, k)
             out = _combine(_dense_gates(weights, experts, e), _all_experts(flat[0].reshape(-1, d), *flat[2:]))
             (expected_grad,) = torch.autograd.grad((out.reshape(shape) * projection.double()).sum(), reference_router)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to router_weight",
@@ -327,7 +414,7 @@ def moe_forward(check: Check, fn: Callable) -> None:
 
 def _balance_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     num_tokens, num_experts = logits.shape
-    expected = reference_balance(logits, k)
+    expected = _exact_balance(logits, k)
     probabilities = torch.softmax(logits.double(), dim=-1)
     experts = probabilities.topk(k, dim=-1).indices
     fraction = torch.bincount(experts.flatten(), minlength=num_experts).double() / num_tokens
@@ -349,6 +436,10 @@ def _balance_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
                  f"divides by the number of tokens N, so f sums to k and even routing gives k = {k}"] = expected / k
         mistakes["you counted only each token's first choice; f_e counts every one of its k choices "
                  "(bincount of all of topk(...).indices)"] = num_experts * (first_only * probabilities.mean(0)).sum()
+    for other_k in range(1, num_experts + 1):  # a global top_k used instead of the argument
+        if other_k != k:
+            mistakes[f"your loss is the one for top-{other_k} routing, but this case passes k={k}: use the argument "
+                     f"k, not a notebook variable such as top_k"] = _exact_balance(logits, other_k)
     return mistakes
 
 
@@ -359,20 +450,21 @@ def _collapsed_logits(num_tokens: int, num_experts: int, k: int, check: Check) -
     return logits
 
 
-@exercise("Exercise 3 — the load-balancing loss")
+@exercise("Exercise 3 — the load-balancing loss", reference=reference_load_balancing_loss)
 def load_balancing_loss(check: Check, fn: Callable) -> None:
     cases = [  # (logits, k, what)
         (check.randn(32, 8, scale=1.5), 2, "random logits, 32 tokens, 8 experts, top-2"),
         (check.randn(20, 4), 1, "20 tokens, 4 experts, top-1 (the Switch Transformer)"),
         (_collapsed_logits(16, 8, 2, check), 2,
          "collapsed routing: every token prefers experts 0 and 1 (loss near E = 8)"),
+        (check.randn(10, 8, scale=3.0) + 100.0, 2, "large logits, about 100 (exp overflows float32 above 88)"),
     ]
     if check.hidden:
         cases += [
             (check.randn(1, 8), 2, "a single token"),
             (check.randn(64, 64, scale=3.0), 6, "64 experts, top-6"),
             (check.randn(12, 6, dtype=torch.float64), 3, "float64 logits"),
-            (check.randn(10, 8, scale=3.0) + 100.0, 2, "large logits, about 100"),
+            (check.randn(16, 8, scale=3.0) - 100.0, 3, "large negative logits, about -100, top-3"),
         ]
     for index, (logits, k, description) in enumerate(cases):
         n, e = logits.shape
@@ -385,16 +477,17 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: stay in tensor "
                        "operations (no .item(), no Python float): the loss must carry a gradient")
         check.close_or_diagnose(
-            got, reference_balance(original, k), _balance_mistakes(original, k), what=what, **LOSS_TOL,
+            got, _exact_balance(original, k), _balance_mistakes(original, k), what=what, **LOSS_TOL,
             hint="P = softmax(logits, dim=-1).mean(dim=0); f = bincount of the top-k expert indices (minlength=E) / N; "
-                 "loss = E * (f * P).sum()",
+                 "loss = E * (f * P).sum()" + ("; with logits this large, exp overflows unless you use torch.softmax "
+                                               "(or subtract the row maximum first)" if "large" in description else ""),
         )
         if index in (0, 1):
             hint = ("The gradient flows through P (the mean probabilities); f is a count and has none. Keep the "
                     "softmax in the graph: no .detach(), .item() or torch.no_grad() around P")
             got_grad = _gradient(check, got, leaf, None, what, hint)
             reference_leaf = original.double().requires_grad_(True)
-            (expected_grad,) = torch.autograd.grad(reference_balance(reference_leaf, k), reference_leaf)
+            (expected_grad,) = torch.autograd.grad(_exact_balance(reference_leaf, k), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
                         hint=hint + ". f must not carry a gradient either: build it from the integer top-k indices")
 
@@ -420,7 +513,7 @@ def _z_mistakes(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 4 — the router z-loss")
+@exercise("Exercise 4 — the router z-loss", reference=reference_router_z_loss)
 def router_z_loss(check: Check, fn: Callable) -> None:
     cases = [
         (check.randn(16, 8, scale=2.0), "random logits, 16 tokens, 8 experts"),
@@ -444,7 +537,7 @@ def router_z_loss(check: Check, fn: Callable) -> None:
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: no .item(): the loss "
                        "must carry a gradient")
         check.close_or_diagnose(
-            got, reference_z_loss(original), _z_mistakes(original), what=what, **LOSS_TOL,
+            got, _exact_z_loss(original), _z_mistakes(original), what=what, **LOSS_TOL,
             hint="torch.logsumexp(logits, dim=-1).square().mean(); log(exp(logits).sum(-1)) overflows for logits "
                  "above about 88 in float32, logsumexp does not",
         )
@@ -452,7 +545,6 @@ def router_z_loss(check: Check, fn: Callable) -> None:
             hint = "keep the loss in the autograd graph (no .detach(), .item() or torch.no_grad())"
             got_grad = _gradient(check, got, leaf, None, what, hint)
             reference_leaf = original.double().requires_grad_(True)
-            (expected_grad,) = torch.autograd.grad(reference_z_loss(reference_leaf), reference_leaf)
+            (expected_grad,) = torch.autograd.grad(_exact_z_loss(reference_leaf), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
                         hint=hint)
-

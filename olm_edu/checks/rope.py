@@ -42,6 +42,50 @@ def _default_frequencies(head_dim: int, base: float) -> torch.Tensor:
     return library.rope_parameters(head_dim, float(base), None, 2048)[0]
 
 
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def _library_rotation(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, layout: str) -> torch.Tensor:
+    angles = positions[:, None].float() * inv_freq.float()  # (T, d/2)
+    angles = torch.cat((angles, angles), -1) if layout == "half" else angles.repeat_interleave(2, -1)  # (T, d)
+    return library.apply_rotary(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), layout)
+
+
+def reference_rope_frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """base^(-2i/d) for the d/2 pairs, float32 (olm_edu.nn.positions.rope_parameters without scaling)."""
+    return _default_frequencies(head_dim, base)
+
+
+def reference_apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate_half layout (olm_edu.nn.positions.apply_rotary). Shapes: x (B, H, T, d) -> same."""
+    return _library_rotation(x, positions, inv_freq, "half")
+
+
+def reference_apply_rope_interleaved(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs (olm_edu.nn.positions.apply_rotary, layout="interleaved")."""
+    return _library_rotation(x, positions, inv_freq, "interleaved")
+
+
+def reference_interleaved_to_half(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Each head's rows reordered by olm_edu.nn.positions.interleaved_to_half_permutation."""
+    head_dim = weight.shape[0] // num_heads
+    return _permute(weight, library.interleaved_to_half_permutation(head_dim), num_heads)
+
+
+def reference_llama3_frequencies(inv_freq: torch.Tensor, factor: float, low_freq_factor: float,
+                                 high_freq_factor: float, original_max_len: int) -> torch.Tensor:
+    """Llama 3's piecewise scaling of the frequencies (what rope_parameters(..., {"rope_type": "llama3"})
+    computes from the base), applied to the given frequencies."""
+    f = inv_freq.double()
+    wavelength = 2 * math.pi / f
+    smooth = (original_max_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blend = (1 - smooth) * f / factor + smooth * f
+    scaled = torch.where(wavelength > original_max_len / low_freq_factor, f / factor,
+                         torch.where(wavelength < original_max_len / high_freq_factor, f, blend))
+    return scaled.to(inv_freq.dtype)
+
+
 # -- Exercise 1: the frequencies ------------------------------------------------------------------
 
 def _frequency_mistakes(head_dim: int, base: float) -> dict[str, torch.Tensor]:
@@ -62,7 +106,7 @@ def _frequency_mistakes(head_dim: int, base: float) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 1 — the RoPE frequencies")
+@exercise("Exercise 1 — the RoPE frequencies", reference=reference_rope_frequencies)
 def rope_frequencies(check: Check, fn: Callable[..., torch.Tensor]) -> None:
     _forbid_library(check, "Exercise 1")
     cases = [(8, 10000.0), (64, 10000.0), (128, 500000.0)]
@@ -197,7 +241,7 @@ def _check_rotation(check: Check, fn: Callable, layout: str, name: str) -> None:
 
 # -- Exercise 2: rotate_half layout --------------------------------------------------------------
 
-@exercise("Exercise 2 — RoPE in the rotate_half layout")
+@exercise("Exercise 2 — RoPE in the rotate_half layout", reference=reference_apply_rope)
 def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> None:
     _forbid_library(check, "Exercise 2")
     for d in (2, 4, 8) + ((16,) if check.hidden else ()):
@@ -217,7 +261,7 @@ def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> No
 
 # -- Exercise 3: interleaved layout ---------------------------------------------------------------
 
-@exercise("Exercise 3 — RoPE in the interleaved layout")
+@exercise("Exercise 3 — RoPE in the interleaved layout", reference=reference_apply_rope_interleaved)
 def apply_rope_interleaved(check: Check, apply_fn: Callable) -> None:
     _forbid_library(check, "Exercise 3")
     _check_rotation(check, apply_fn, "interleaved", "apply_rope_interleaved")
@@ -230,7 +274,7 @@ def _permute(weight: torch.Tensor, order: torch.Tensor, num_heads: int) -> torch
     return weight.view(num_heads, head_dim, -1)[:, order].reshape(num_heads * head_dim, -1)
 
 
-@exercise("Exercise 4 — convert q/k weights from interleaved to rotate_half")
+@exercise("Exercise 4 — convert q/k weights from interleaved to rotate_half", reference=reference_interleaved_to_half)
 def interleaved_to_half(check: Check, fn: Callable) -> None:
     _forbid_library(check, "Exercise 4")
     cases = [(1, 8, 5), (3, 8, 6), (4, 16, 24)]
@@ -301,7 +345,7 @@ def _llama3_reference_f64(f: torch.Tensor, factor: float, low: float, high: floa
     return torch.where(wavelength > original / low, f / factor, torch.where(wavelength < original / high, f, blend))
 
 
-@exercise("Exercise 5 — Llama 3 frequency scaling")
+@exercise("Exercise 5 — Llama 3 frequency scaling", reference=reference_llama3_frequencies)
 def llama3_frequencies(check: Check, fn: Callable) -> None:
     _forbid_library(check, "Exercise 5")
     # (head_dim, theta, factor, low_freq_factor, high_freq_factor, original_max_len)

@@ -22,12 +22,34 @@ import torch
 from torch import nn
 
 from olm_edu.grading import Check, exercise
-from olm_edu.nn import Attention
+from olm_edu.nn import Attention, router_z_loss
+from olm_edu.nn import softcap as library_softcap
 from olm_edu.nn.positions import RotaryEmbedding, apply_rotary
 
 ROPE_THETA = 10_000.0
 NORM_EPS = 1e-6
 _PARAMETERS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight")
+
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_qk_norm_attention(embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                                rope_theta: float = 1_000_000.0, eps: float = 1e-6, max_seq_len: int = 4096) -> nn.Module:
+    """olm_edu.nn.Attention with qk_norm=True, RoPE and no biases: the same q/k/v/o_proj and q/k_norm."""
+    return Attention(embed_dim, num_heads, num_kv_heads, head_dim, bias=False, position="rope", qk_norm=True,
+                     rope_theta=rope_theta, norm_eps=eps, max_seq_len=max_seq_len)
+
+
+def reference_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """olm_edu.nn.router_z_loss: the mean over positions of logsumexp(logits)^2."""
+    return router_z_loss(logits)
+
+
+def reference_softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """olm_edu.nn.softcap: cap * tanh(x / cap), or x when cap is None."""
+    return library_softcap(x, cap)
 
 
 # ---------------------------------------------------------------------------
@@ -159,11 +181,13 @@ def _reference_attention(x, weights, embed_dim, num_heads, num_kv_heads, head_di
         return reference.double()(x.double())
 
 
-@exercise("Exercise 1 — attention with QK-norm")
+@exercise("Exercise 1 — attention with QK-norm", reference=reference_qk_norm_attention)
 def qk_norm_attention(check: Check, attention_class: Callable[..., nn.Module]) -> None:
-    cases = [(32, 4, 2, 8, 7), (24, 2, 2, 12, 6)]
+    # the last visible case has num_heads * head_dim = 96 != embed_dim = 48 (as Qwen 3 often has):
+    # head_dim is an argument, not embed_dim // num_heads
+    cases = [(32, 4, 2, 8, 7), (24, 2, 2, 12, 6), (48, 6, 3, 16, 9)]
     if check.hidden:
-        cases += [(64, 8, 1, 8, 12), (16, 4, 4, 4, 1), (48, 6, 3, 16, 9)]
+        cases += [(64, 8, 1, 8, 12), (16, 4, 4, 4, 1), (20, 4, 2, 8, 5)]
     for embed_dim, num_heads, num_kv_heads, head_dim, length in cases:
         call = f"QKNormAttention(embed_dim={embed_dim}, num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim})"
         module = check.call(attention_class, embed_dim, num_heads, num_kv_heads, head_dim, rope_theta=ROPE_THETA,
@@ -179,9 +203,14 @@ def qk_norm_attention(check: Check, attention_class: Callable[..., nn.Module]) -
                 module.get_parameter(name).copy_(value)
         x = check.randn(2, length, embed_dim)
         what = f"{call} on a random (2, {length}, {embed_dim}) input"
+        own_width = "" if num_heads * head_dim == embed_dim else (
+            f"; here head_dim={head_dim} is not embed_dim // num_heads = {embed_dim // num_heads}: take the head "
+            f"width from self.head_dim, and merge the heads back to num_heads * head_dim = {num_heads * head_dim}, "
+            f"not embed_dim")
         got = check.call(module, x.clone(), what=what,
                          hint="check the shapes: q is (B, num_heads, T, head_dim), k and v are (B, num_kv_heads, T, "
-                              "head_dim); q_norm and k_norm hold head_dim gains, so apply them after splitting the heads")
+                              "head_dim); q_norm and k_norm hold head_dim gains, so apply them after splitting the "
+                              "heads" + own_width)
         expected = _reference_attention(x, weights, embed_dim, num_heads, num_kv_heads, head_dim)
         check.close_or_diagnose(
             got, expected, _attention_mistakes(x, weights, num_heads, num_kv_heads, head_dim, embed_dim),
@@ -224,13 +253,16 @@ def _z_loss_mistakes(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return mistakes
 
 
-@exercise("Exercise 2 — the z-loss")
+@exercise("Exercise 2 — the z-loss", reference=reference_z_loss)
 def z_loss(check: Check, fn: ZLossFn) -> None:
     shapes = [(8, 10), (2, 5, 7), (1, 3)] + ([(4, 16, 65), (3, 1000), (5, 1)] if check.hidden else [])
     for shape in shapes:
         logits = check.randn(*shape, scale=2.0) + check.randn(*shape[:-1], 1, scale=3.0)  # log Z of both signs
         what = f"z_loss of random logits of shape {shape}"
-        got = check.call(fn, logits.clone(), what=what)
+        given = logits.clone()
+        got = check.call(fn, given, what=what)
+        check.expect(torch.equal(given, logits), f"{what} changed the logits it was given (an in-place operation "
+                     "such as -= or sub_): the model's logits are used again for the cross-entropy; compute on new tensors")
         if isinstance(got, torch.Tensor) and got.dim() != 0:
             check.fail(f"{what}: expected a single number (a 0-dim tensor), got shape {tuple(got.shape)}. Hint: "
                        "average (log Z)^2 over every position")
@@ -279,13 +311,16 @@ def _softcap_mistakes(x: torch.Tensor, cap: float) -> dict[str, torch.Tensor]:
     }
 
 
-@exercise("Exercise 3 — logit soft-capping")
+@exercise("Exercise 3 — logit soft-capping", reference=reference_softcap)
 def softcap(check: Check, fn: SoftcapFn) -> None:
     caps = [50.0, 30.0, 4.0] + ([1.0, 0.5, 1000.0] if check.hidden else [])
     for cap in caps:
         x = check.randn(4, 9, scale=1.5 * cap)  # from well inside the cap to well beyond it
         what = f"softcap of a random (4, 9) tensor with cap={cap:g}"
-        got = check.call(fn, x.clone(), cap, what=what)
+        given = x.clone()
+        got = check.call(fn, given, cap, what=what)
+        check.expect(torch.equal(given, x), f"{what} changed x in place (div_, tanh_, mul_ or /=): return a new "
+                     "tensor; the caller still needs x")
         expected = cap * torch.tanh(x.double() / cap)
         check.close_or_diagnose(got, expected, _softcap_mistakes(x, cap), what=what, atol=1e-5, rtol=1e-5,
                                 hint="cap * torch.tanh(x / cap)")

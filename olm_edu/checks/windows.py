@@ -21,7 +21,7 @@ integers); the norm and the layer at atol=1e-5, rtol=1e-4 (float32, any order of
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -31,6 +31,40 @@ from olm_edu.models import ModelConfig, preset
 from olm_edu.nn import Attention, GeGLUFFN, RMSNorm, attention_mask
 
 NORM_ATOL, NORM_RTOL = 1e-5, 1e-4
+
+
+# -- the library's versions, with the exercises' signatures ------------------------------------
+# What the cells after an unfinished exercise use until its check passes
+# (`check.<exercise>.yours_or_reference(yours)`): the learner's notebook runs to the end either way.
+
+def reference_sliding_window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int) -> torch.Tensor:
+    """olm_edu.nn.attention_mask, causal, with the window. Shapes: (T_q,), (T_k,) -> (T_q, T_k) bool."""
+    return attention_mask(query_positions, key_positions, causal=True, window=window)
+
+
+def reference_rolling_update(cache: Any, k_new: torch.Tensor, v_new: torch.Tensor,
+                             new_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append, return everything the new queries may need, keep the last `cache.window` (what
+    olm_edu.nn.KVCache does for a windowed layer)."""
+    keys, values, positions = k_new, v_new, new_positions
+    if cache.keys is not None:
+        keys = torch.cat([cache.keys, k_new], dim=2)  # (B, H, T_cached + T_new, d)
+        values = torch.cat([cache.values, v_new], dim=2)
+        positions = torch.cat([cache.positions, new_positions])
+    cache.keys, cache.values, cache.positions = (keys[:, :, -cache.window:], values[:, :, -cache.window:],
+                                                 positions[-cache.window:])
+    return keys, values, positions
+
+
+def reference_gemma2_layer(x: torch.Tensor, attention: torch.nn.Module, mlp: torch.nn.Module,
+                           norm_weights: dict[str, torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
+    """Gemma 2's sandwich, with olm_edu.nn.RMSNorm(convention="gemma")."""
+    return _sandwich(x, attention, mlp, norm_weights, eps)
+
+
+def reference_windowed_kv_cache_bytes(cfg: ModelConfig, seq_len: int, bytes_per_number: int = 2) -> int:
+    """olm_edu.analysis.kv_cache_bytes with the number type named by its size."""
+    return analysis.kv_cache_bytes(cfg, seq_len, _DTYPE_OF_BYTES[bytes_per_number])
 
 
 # -- Exercise 1: the sliding-window causal mask ------------------------------------------------------
@@ -76,7 +110,7 @@ def _mask_description(mask: torch.Tensor, limit: int = 8) -> str:
     return " | ".join(rows) + (" | ..." if len(mask) > limit else "")
 
 
-@exercise("Exercise 1 — the sliding-window causal mask")
+@exercise("Exercise 1 — the sliding-window causal mask", reference=reference_sliding_window_mask)
 def sliding_window_mask(check: Check, fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
     cases: list[tuple[str, torch.Tensor, torch.Tensor, int]] = [
         ("8 tokens, window 3", torch.arange(8), torch.arange(8), 3),
@@ -156,7 +190,7 @@ def _check_held(check: Check, name: str, held: object, full: torch.Tensor, start
                f"along dim=2 (the time axis), then keep [:, :, -window:]")
 
 
-@exercise("Exercise 2 — the rolling KV cache")
+@exercise("Exercise 2 — the rolling KV cache", reference=reference_rolling_update)
 def rolling_update(check: Check, fn: Callable) -> None:
     runs = [((1, 1, 2), 3, (7, 1, 1, 2)), ((2, 2, 4), 4, (3, 1, 1, 1, 1, 1)), ((1, 2, 8), 1, (1, 1, 1, 2)),
             ((2, 1, 3), 6, (2, 2, 2, 3))]
@@ -290,7 +324,7 @@ def _module(generator: torch.Generator, module: torch.nn.Module) -> torch.nn.Mod
     return module.eval()
 
 
-@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms")
+@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms", reference=reference_gemma2_layer)
 def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
     check.forbid("torch.nn.functional.rms_norm", "torch.rms_norm",
                  reason="Exercise 3 asks you to write Gemma's RMSNorm from a mean, a square root and (1 + weight)")
@@ -306,7 +340,10 @@ def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
                         0.5 * check.randn(32, dtype=torch.float64), 1e-6)]
     for label, x, weight, eps in norm_cases:
         what = f"gemma_rms_norm on {label} (eps={eps:g})"
-        got = check.call(norm_fn, x.clone(), weight.clone(), eps, what=what, hint=norm_hint)
+        given = (x.clone(), weight.clone())
+        got = check.call(norm_fn, *given, eps, what=what, hint=norm_hint)
+        check.expect(torch.equal(given[0], x) and torch.equal(given[1], weight),
+                     f"{what} changed x or weight in place (mul_, *=, +=): return a new tensor")
         check.close_or_diagnose(got, _gemma_norm(x, weight, eps), _norm_mistakes(x, weight, eps), what=what,
                                 atol=NORM_ATOL, rtol=NORM_RTOL, hint=norm_hint)
 
@@ -324,7 +361,11 @@ def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
         x = check.randn(2, length, embed_dim)
         what = f"gemma2_layer on a (2, {length}, {embed_dim}) input"
         with torch.no_grad():
-            got = check.call(layer_fn, x.clone(), attention, mlp, dict(weights), 1e-6, what=what, hint=layer_hint)
+            given = x.clone()
+            got = check.call(layer_fn, given, attention, mlp, dict(weights), 1e-6, what=what, hint=layer_hint)
+        check.expect(torch.equal(given, x), f"{what} changed x in place (x += ... adds the residual into the "
+                     "caller's tensor): write h = x + ..., a new tensor")
+        with torch.no_grad():
             expected = _sandwich(x, attention, mlp, weights, 1e-6)
             mistakes = _layer_mistakes(x, attention, mlp, weights, 1e-6)
         check.close_or_diagnose(got, expected, mistakes, what=what, atol=NORM_ATOL, rtol=NORM_RTOL, hint=layer_hint)
@@ -368,7 +409,7 @@ def _kv_mistakes(cfg: ModelConfig, seq_len: int, bytes_per_number: int) -> dict[
     }
 
 
-@exercise("Exercise 4 — the KV cache with windowed layers")
+@exercise("Exercise 4 — the KV cache with windowed layers", reference=reference_windowed_kv_cache_bytes)
 def windowed_kv_cache_bytes(check: Check, fn: Callable[[ModelConfig, int, int], int]) -> None:
     check.forbid("olm_edu.analysis.kv_cache_bytes", "olm_edu.analysis.cache_width", "olm_edu.analysis._tokens_seen",
                  reason="Exercise 4 asks you to add up the layers yourself")

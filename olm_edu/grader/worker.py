@@ -129,7 +129,8 @@ def _execute(client: NotebookClient, cell, index: int, timeout: float, store_his
 def _kernel_env(job: dict) -> dict[str, str]:
     package_parent = str(Path(__file__).resolve().parents[2])
     return {"HOME": HOME if job["sandbox"] else job["workdir"], "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "OLM_EDU_CHECK_SEED": str(job["seed"]), "MPLBACKEND": "Agg", "PYTHONPATH": package_parent,
+            "OLM_EDU_CHECK_SEED": str(job["seed"]), "OLM_EDU_CHECKS_RAISE": "1", "MPLBACKEND": "Agg",
+            "PYTHONPATH": package_parent,
             "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
 
 
@@ -160,6 +161,7 @@ def run(job: dict) -> None:
     channel = Path(job["channel"])
     nb = nbformat.read(job["notebook"], as_version=4)
     os.environ["OLM_EDU_CHECK_SEED"] = str(job["seed"])  # the checks judged here use the same seed
+    os.environ["OLM_EDU_CHECKS_RAISE"] = "1"  # and raise on failure, as in the kernel when grading
     manager, start_folder = _kernel_manager(job, channel)
     client = NotebookClient(nb, km=manager, timeout=job["cell_timeout"], allow_errors=True, interrupt_on_timeout=True,
                             record_timing=False, resources={"metadata": {"path": start_folder}})

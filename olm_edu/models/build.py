@@ -9,7 +9,9 @@
       norm         the final norm
       head         logits, tied to `embed` or not, optionally soft-capped
 
-(post-norm puts the norm after each residual add instead, and has no final norm.)
+(post-norm puts the norm after each residual add instead, and has no final norm; "post_sublayer"
+(OLMo 2/3) keeps the residual stream un-normalised and normalises each sub-layer's output inside
+its branch: Residual(attention, post_norm), x + post_norm(attention(x)).)
 `attention` is `LatentAttention` when cfg.attention == "mla" (DeepSeek), and `mlp` is an `MoE`
 (router + experts) on the layers where cfg.is_moe_layer(index) (all but the first
 first_dense_layers when num_experts > 0). Parameter names come out readable:
@@ -73,8 +75,12 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
             latent_norm_eps=1e-6,  # transformers and DeepSeek's code leave the latent norms at the default
             dropout=cfg.dropout,
             layer_index=index,
+            index_topk=cfg.index_topk,
+            index_heads=cfg.index_heads,
+            index_head_dim=cfg.index_head_dim,
         )
     sliding = cfg.layer_type(index) == "sliding_attention"
+    rope_theta, rope_scaling = cfg.rope_of_layer(index)  # Gemma 3, OLMo 3: sliding layers have their own
     return Attention(
         cfg.embed_dim,
         cfg.num_heads,
@@ -83,9 +89,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         bias=cfg.qkv_bias,
         out_bias=cfg.attn_out_bias,
         causal=cfg.causal,
-        position=cfg.position,
-        rope_theta=cfg.rope_theta,
-        rope_scaling=cfg.rope_scaling,
+        position="none" if cfg.position == "rope" and not cfg.uses_rope(index) else cfg.position,  # a NoPE layer
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         rope_layout=cfg.rope_layout,
         partial_rotary_factor=cfg.partial_rotary_factor,
         max_seq_len=cfg.max_seq_len,
@@ -96,6 +102,9 @@ def _attention(cfg: ModelConfig, index: int) -> Attention | LatentAttention:
         sliding_window=cfg.sliding_window if sliding else None,
         dropout=cfg.dropout,
         layer_index=index,
+        qk_norm_scope=cfg.qk_norm_scope,
+        norm_convention="gemma" if cfg.norm == "rmsnorm_gemma" else "llama",
+        sinks=cfg.attention_sinks,
     )
 
 
@@ -117,6 +126,10 @@ def _ffn(cfg: ModelConfig, index: int) -> nn.Module:
             group_score=cfg.router_group_score,
             selection_bias=cfg.router_selection_bias,
             scaling_factor=cfg.routed_scaling_factor,
+            router_bias=cfg.router_bias,
+            expert_bias=cfg.expert_bias,
+            swiglu_limit=cfg.swiglu_limit,
+            swiglu_alpha=cfg.swiglu_alpha,
         )
     kind = ClassicFFN if cfg.ffn == "classic" else GatedFFN
     return kind(cfg.embed_dim, cfg.hidden_dim, activation=cfg.activation, bias=cfg.ffn_bias)
@@ -131,6 +144,11 @@ def _layer(cfg: ModelConfig, index: int) -> Block:
             attn_norm=_norm(cfg),
             ffn=Residual(mlp=_ffn(cfg, index), dropout=dropout()),
             ffn_norm=_norm(cfg),
+        )
+    if cfg.norm_placement == "post_sublayer":  # OLMo 2/3: x + norm(sublayer(x))
+        return Block(
+            attn=Residual(attention=_attention(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
+            ffn=Residual(mlp=_ffn(cfg, index), post_norm=_norm(cfg), dropout=dropout()),
         )
     sandwich = cfg.norm_placement == "sandwich"
     return Block(

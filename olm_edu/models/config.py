@@ -17,7 +17,8 @@ from typing import Any
 from olm_edu.choices import check_choice
 
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
-NORM_PLACEMENTS = ("pre", "post", "sandwich")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "post_sublayer")
+QK_NORM_SCOPES = ("head", "projection")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
 FFN_KINDS = ("classic", "glu")
@@ -48,12 +49,21 @@ class ModelConfig:
         norm: "layernorm" (GPT-2), "rmsnorm" (Llama convention: normalise in float32, cast
         back, multiply by weight), "rmsnorm_gemma" (x_normed * (1 + weight), cast after).
         norm_placement: "pre" (GPT-2 and later), "post" (the 2017 transformer), "sandwich"
-        (Gemma 2: a norm before and after each sub-layer). norm_eps, norm_bias.
+        (Gemma 2: a norm before and after each sub-layer), "post_sublayer" (OLMo 2/3: the norm
+        applied to the sub-layer's output inside the residual branch, x + norm(f(x)), and no
+        norm before it; a final norm as "pre"). norm_eps, norm_bias.
     Positions
         position: "learned" (GPT-2), "sinusoidal", "rope", "alibi", "none".
         rope_theta, rope_scaling (the transformers dict, e.g. {"rope_type": "llama3",
         "factor": 8.0, ...}, or None), rope_layout ("half": rotate_half as transformers;
         "interleaved": adjacent pairs as the RoPE paper), partial_rotary_factor.
+        nope_layers: indices of the layers whose attention has no positional encoding at all
+        ("NoPE": no rotation of queries and keys; Llama 4 every fourth layer, SmolLM3);
+        None: every layer rotates. Only with position="rope".
+        rope_theta_local, rope_scaling_local: the RoPE of the sliding-window layers when it differs
+        from the full layers' (Gemma 3: base 10,000 locally, 1,000,000 and a scaling globally;
+        OLMo 3: the scaling on full layers only). None: every layer uses rope_theta and
+        rope_scaling; rope_scaling_local needs rope_theta_local.
     Feed-forward
         ffn: "classic" (up, activation, down) or "glu" (down(act(gate x) * up x): SwiGLU with
         "silu", GeGLU with "gelu"/"gelu_tanh"). activation, ffn_bias.
@@ -62,6 +72,13 @@ class ModelConfig:
         RoPE), attn_logit_softcap, query_pre_attn_scalar (scale = its -1/2 power; None:
         head_dim), sliding_window, layer_types (per layer "full_attention" or
         "sliding_attention"; None: all sliding if sliding_window else all full), causal.
+        qk_norm_scope: "head" (one RMSNorm of head_dim shared by every head: Qwen 3, Gemma 3) or
+        "projection" (OLMo 2/3: one RMSNorm over the whole query projection, num_heads * head_dim
+        wide, and one over the keys, num_kv_heads * head_dim, before splitting into heads).
+        The QK-norms follow `norm`'s convention (Gemma's (1 + w) for "rmsnorm_gemma").
+        attention_sinks (gpt-oss): each head learns one extra logit s_h that joins the softmax
+        denominator, softmax over [scores, s_h] with the sink's column dropped, so a head can put
+        its mass "nowhere" instead of on the first token.
     Multi-head latent attention (DeepSeek-V2/V3; see olm_edu.nn.mla)
         attention: "standard" (MHA/GQA/MQA, the knobs above) or "mla". With "mla", keys and
         values come out of a latent of kv_latent_dim per token (kv_lora_rank), queries out of
@@ -70,6 +87,11 @@ class ModelConfig:
         rope_head_dim rotated ones (qk_rope_head_dim; the rotated key is one vector shared by
         all heads); values are value_head_dim wide (v_head_dim; None: head_dim). qkv_bias
         puts biases on the two down-projections (transformers' attention_bias).
+    Sparse attention (DeepSeek-V3.2; see olm_edu.nn.indexer)
+        index_topk: each query attends only to the index_topk keys a lightning indexer scores
+        highest (None: every key); the indexer has index_heads heads of index_head_dim, reads
+        its queries from the query latent (so it needs q_latent_dim) and caches one key of
+        index_head_dim per token. Only with attention="mla".
     Mixture of experts (Mixtral, Qwen3-MoE, DeepSeek; see olm_edu.nn.moe)
         num_experts (routed experts; 0: a dense feed-forward), experts_per_token (the top-k),
         expert_hidden_dim (each expert's width; None: hidden_dim), num_shared_experts (always-on
@@ -82,6 +104,11 @@ class ModelConfig:
         router_group_score "max" (V2) or "top2_sum" (V3)); router_selection_bias (DeepSeek-V3:
         a per-expert bias added to the scores for choosing only, moved by the aux-loss-free
         balance); routed_scaling_factor (multiplies the routed experts' weights).
+        gpt-oss: router_bias (a learned bias on the router logits), expert_bias (biases on every
+        expert's gate, up and down projections), swiglu_limit (the clamped SwiGLU of its experts:
+        gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha *
+        gate), alpha = swiglu_alpha; None: the plain SwiGLU). Its router, softmax over the top-k
+        logits, is router_scoring="softmax" with router_renormalize=True (the same numbers).
     Multi-token prediction
         mtp_layers: the multi-token-prediction modules a checkpoint carries (DeepSeek-V3: 1).
         They are not part of the main model (see `MultiTokenPrediction`).
@@ -117,6 +144,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     rope_layout: str = "half"
     partial_rotary_factor: float = 1.0
+    nope_layers: tuple[int, ...] | None = None
     # feed-forward
     ffn: str = "classic"
     activation: str = "gelu_tanh"
@@ -130,12 +158,20 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     causal: bool = True
+    qk_norm_scope: str = "head"
+    attention_sinks: bool = False
+    rope_theta_local: float | None = None
+    rope_scaling_local: dict[str, Any] | None = None
     # multi-head latent attention
     attention: str = "standard"
     q_latent_dim: int | None = None
     kv_latent_dim: int | None = None
     rope_head_dim: int | None = None
     value_head_dim: int | None = None
+    # sparse attention: top-k keys per query, chosen by a lightning indexer
+    index_topk: int | None = None
+    index_heads: int | None = None
+    index_head_dim: int | None = None
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int | None = None
@@ -149,6 +185,10 @@ class ModelConfig:
     router_group_score: str = "max"
     router_selection_bias: bool = False
     routed_scaling_factor: float = 1.0
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.702
     # multi-token prediction
     mtp_layers: int = 0
     # embeddings and output
@@ -166,8 +206,12 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.layer_types is not None and not isinstance(self.layer_types, tuple):
-            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        for name in ("layer_types", "nope_layers"):  # lists (from JSON) become tuples: hashable, comparable
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.nope_layers == ():  # no NoPE layer is spelled None, so equal configs compare equal
+            object.__setattr__(self, "nope_layers", None)
         validate(self)
 
     # -- derived numbers ------------------------------------------------------------------
@@ -206,11 +250,21 @@ class ModelConfig:
         first_dense_layers layers)."""
         return self.num_experts > 0 and index >= self.first_dense_layers
 
+    def uses_rope(self, index: int) -> bool:
+        """Whether layer `index` rotates its queries and keys (position="rope" and not a NoPE layer)."""
+        return self.position == "rope" and (self.nope_layers is None or index not in self.nope_layers)
+
     def layer_type(self, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index`."""
         if self.layer_types is not None:
             return self.layer_types[index]
         return "sliding_attention" if self.sliding_window else "full_attention"
+
+    def rope_of_layer(self, index: int) -> tuple[float, dict[str, Any] | None]:
+        """(theta, scaling) of layer `index`'s RoPE: the local pair on sliding layers when set."""
+        if self.rope_theta_local is not None and self.layer_type(index) == "sliding_attention":
+            return self.rope_theta_local, self.rope_scaling_local
+        return self.rope_theta, self.rope_scaling
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some knobs changed (validated again)."""
@@ -269,16 +323,30 @@ def validate(cfg: ModelConfig) -> None:
             check_choice("layer_types entry", kind, LAYER_TYPES)
         if "sliding_attention" in cfg.layer_types and cfg.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+    _validate_nope_layers(cfg)
     if cfg.rope_scaling is not None and cfg.position != "rope":
         raise ValueError(f"rope_scaling is set but position={cfg.position!r}; it needs position='rope'")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout={cfg.dropout} must be in [0, 1)")
     _validate_mla(cfg)
     _validate_moe(cfg)
+    _validate_frontier(cfg)
     _positive_or_zero("mtp_layers", cfg.mtp_layers)
     for name in ("load_balance_coef", "router_z_loss_coef", "router_bias_update_rate"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0 (0 switches it off)")
+
+
+def _validate_nope_layers(cfg: ModelConfig) -> None:
+    if cfg.nope_layers is None:
+        return
+    if cfg.position != "rope":
+        raise ValueError(f"nope_layers is set but position={cfg.position!r}; NoPE layers are layers left out of position='rope'")
+    for index in cfg.nope_layers:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < cfg.num_layers:
+            raise ValueError(f"nope_layers entry {index!r} must be a layer index in [0, num_layers={cfg.num_layers})")
+    if list(cfg.nope_layers) != sorted(set(cfg.nope_layers)):
+        raise ValueError(f"nope_layers={cfg.nope_layers} must be sorted, without repeats")
 
 
 def _positive_or_zero(name: str, value: Any) -> None:
@@ -292,7 +360,7 @@ _MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim"
 def _validate_mla(cfg: ModelConfig) -> None:
     check_choice("attention", cfg.attention, ATTENTIONS)
     if cfg.attention == "standard":
-        for name in _MLA_KNOBS:
+        for name in (*_MLA_KNOBS, "index_topk", "index_heads", "index_head_dim"):
             if getattr(cfg, name) is not None:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is a knob of attention='mla'; attention='standard'")
         return
@@ -312,14 +380,37 @@ def _validate_mla(cfg: ModelConfig) -> None:
         raise ValueError(f"RoPE rotates pairs of dimensions: rope_head_dim={cfg.rope_head_dim} must be even")
     if cfg.partial_rotary_factor != 1.0:
         raise ValueError("attention='mla' rotates rope_head_dim dimensions; partial_rotary_factor must be 1.0")
-    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar"):
+    for name in ("qk_norm", "attn_logit_softcap", "sliding_window", "query_pre_attn_scalar", "nope_layers"):
         if getattr(cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} is not supported with attention='mla'")
+    _validate_indexer(cfg)
+
+
+_INDEXER_KNOBS = ("index_topk", "index_heads", "index_head_dim")
+
+
+def _validate_indexer(cfg: ModelConfig) -> None:
+    """The lightning indexer's knobs: all set (sparse attention) or all None."""
+    set_knobs = [name for name in _INDEXER_KNOBS if getattr(cfg, name) is not None]
+    if not set_knobs:
+        return
+    if len(set_knobs) != len(_INDEXER_KNOBS):
+        missing = [name for name in _INDEXER_KNOBS if name not in set_knobs]
+        raise ValueError(f"sparse attention sets {', '.join(set_knobs)} but not {', '.join(missing)}: set all three or none")
+    for name in _INDEXER_KNOBS:
+        _positive(name, getattr(cfg, name))
+    if cfg.q_latent_dim is None:
+        raise ValueError("index_topk needs q_latent_dim: the indexer reads its queries from the query latent")
+    if cfg.index_head_dim < cfg.rope_head_dim:
+        raise ValueError(
+            f"index_head_dim={cfg.index_head_dim} must be >= rope_head_dim={cfg.rope_head_dim} (RoPE rotates that many)"
+        )
 
 
 _MOE_KNOBS = {
     "experts_per_token": None, "expert_hidden_dim": None, "num_shared_experts": 0, "first_dense_layers": 0,
     "expert_groups": 1, "groups_per_token": 1, "router_selection_bias": False, "routed_scaling_factor": 1.0,
+    "router_bias": False, "expert_bias": False, "swiglu_limit": None,
 }  # fmt: skip
 
 
@@ -359,3 +450,32 @@ def _validate_moe(cfg: ModelConfig) -> None:
         raise ValueError(f"router_group_score='top2_sum' needs at least 2 experts per group, got {per_group}")
     if not cfg.routed_scaling_factor > 0:
         raise ValueError(f"routed_scaling_factor={cfg.routed_scaling_factor!r} must be positive")
+
+
+def _validate_frontier(cfg: ModelConfig) -> None:
+    """The 2025 knobs: QK-norm scope, sinks, per-layer RoPE, gpt-oss's clamped experts."""
+    check_choice("qk_norm_scope", cfg.qk_norm_scope, QK_NORM_SCOPES)
+    if cfg.qk_norm_scope != "head" and not cfg.qk_norm:
+        raise ValueError(f"qk_norm_scope={cfg.qk_norm_scope!r} needs qk_norm=True")
+    if cfg.attention_sinks and cfg.attention != "standard":
+        raise ValueError("attention_sinks=True is not supported with attention='mla'")
+    if cfg.rope_theta_local is not None:
+        if not cfg.rope_theta_local > 0:
+            raise ValueError(f"rope_theta_local={cfg.rope_theta_local!r} must be positive (or None)")
+    elif cfg.rope_scaling_local is not None:
+        raise ValueError("rope_scaling_local is set but rope_theta_local is None; set both (the sliding layers' RoPE)")
+    for name in ("rope_theta_local", "rope_scaling_local"):
+        if getattr(cfg, name) is not None and cfg.position != "rope":
+            raise ValueError(f"{name} is set but position={cfg.position!r}; it needs position='rope'")
+    if cfg.swiglu_limit is not None:
+        if not cfg.swiglu_limit > 0:
+            raise ValueError(f"swiglu_limit={cfg.swiglu_limit!r} must be positive (or None: no clamp)")
+        if cfg.ffn != "glu" or cfg.activation != "silu":
+            raise ValueError(
+                f"swiglu_limit clamps a SwiGLU: it needs ffn='glu' and activation='silu', got ffn={cfg.ffn!r}, "
+                f"activation={cfg.activation!r}"
+            )
+    if not cfg.swiglu_alpha > 0:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} must be positive")
+    if cfg.swiglu_alpha != 1.702 and cfg.swiglu_limit is None:
+        raise ValueError(f"swiglu_alpha={cfg.swiglu_alpha!r} is a knob of the clamped SwiGLU; set swiglu_limit")

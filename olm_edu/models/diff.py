@@ -24,11 +24,13 @@ from typing import Any, NamedTuple
 from olm_edu.models.config import ModelConfig
 
 IGNORED = ("name", "notes", "family")
-ROPE_KNOBS = ("rope_theta", "rope_scaling", "rope_layout", "partial_rotary_factor")
+ROPE_KNOBS = ("rope_theta", "rope_scaling", "rope_layout", "partial_rotary_factor", "nope_layers")
+ROPE_KNOBS += ("rope_theta_local", "rope_scaling_local")  # the sliding layers' own RoPE (Gemma 3, OLMo 3)
 MOE_KNOBS = (
     "experts_per_token", "expert_hidden_dim", "num_shared_experts", "first_dense_layers", "router_scoring",
     "router_renormalize", "expert_groups", "groups_per_token", "router_group_score", "router_selection_bias",
     "routed_scaling_factor", "load_balance_coef", "router_z_loss_coef", "router_bias_update_rate",
+    "router_bias", "expert_bias", "swiglu_limit", "swiglu_alpha",
 )  # fmt: skip
 MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
 MAX_CELL_WIDTH = 44  # longer values (a rope_scaling dict) wrap onto more lines in the text table

@@ -554,6 +554,7 @@ def _unwrap_text_config(data: dict[str, Any]) -> tuple[dict[str, Any], str | Non
 # Knobs each family's transformers class hard-codes: knob -> the only value it can express.
 _ROPE_FAMILY_FIXED = {
     "position": "rope",
+    "nope_layers": None,
     "rope_layout": "half",
     "partial_rotary_factor": 1.0,
     "ffn": "glu",

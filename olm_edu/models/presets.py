@@ -42,6 +42,14 @@ HUB_IDS = {
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
     "DeepSeek-V2-Lite": "deepseek-ai/DeepSeek-V2-Lite",
     "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
+    "DeepSeek-V3.2-Exp": "deepseek-ai/DeepSeek-V3.2-Exp",
+    # Part III (olm_edu.models.families)
+    "gpt-oss-20b": "openai/gpt-oss-20b",
+    "gpt-oss-120b": "openai/gpt-oss-120b",
+    "gemma-3-1b": "google/gemma-3-1b-pt",
+    "gemma-3-27b": "google/gemma-3-27b-pt",  # the language model of the multimodal release (text_config)
+    "Olmo-3-7B": "allenai/Olmo-3-1025-7B",
+    "SmolLM3-3B": "HuggingFaceTB/SmolLM3-3B",
 }
 
 

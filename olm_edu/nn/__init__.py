@@ -5,7 +5,9 @@
     ffn           ClassicFFN, GatedFFN (SwiGLUFFN, GeGLUFFN), gated_hidden_dim
     positions     learned, sinusoidal, RoPE (both layouts, all scalings), ALiBi
     attention     Attention: MHA/GQA/MQA, RoPE, ALiBi, QK-norm, soft-cap, sliding window; attend
+    linear_attention  LinearAttention: the gated delta rule (Gated DeltaNet, Kimi Delta Attention)
     mla           LatentAttention: multi-head latent attention (DeepSeek), latent KV cache
+    indexer       LightningIndexer: top-k key selection for sparse attention (DeepSeek-V3.2)
     moe           Router, Experts, MoE (mixture of experts), load_balancing_loss, router_z_loss
     blocks        Block, Residual, Repeat, Context
     head          OutputHead (tied or not, soft-cap)
@@ -23,6 +25,8 @@ from olm_edu.nn.blocks import Block, Context, Repeat, Residual
 from olm_edu.nn.cache import KVCache
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN, GeGLUFFN, SwiGLUFFN, gated_hidden_dim
 from olm_edu.nn.head import OutputHead
+from olm_edu.nn.indexer import LightningIndexer, top_k_mask
+from olm_edu.nn.linear_attention import GatedRMSNorm, LinearAttention
 from olm_edu.nn.mla import LatentAttention, mla_softmax_scale
 from olm_edu.nn.moe import Experts, MoE, Router, Routing, load_balancing_loss, router_z_loss
 from olm_edu.nn.norms import LayerNorm, RMSNorm, make_norm
@@ -88,6 +92,8 @@ def ClassicMoEFFN(embed_dim: int, num_experts: int = 8, top_k: int = 2, hidden_d
 __all__ = [
     "ACTIVATIONS", "GLU_VARIANTS", "get_activation", "glu",
     "Attention", "attend", "attention_mask", "repeat_kv", "softcap", "LatentAttention", "mla_softmax_scale",
+    "LinearAttention", "GatedRMSNorm",
+    "LightningIndexer", "top_k_mask",
     "Router", "Routing", "Experts", "MoE", "load_balancing_loss", "router_z_loss",
     "MoERouter", "SwiGLUMoEFFN", "GeGLUMoEFFN", "ClassicMoEFFN",
     "MultiHeadAttention", "MultiHeadAttentionwithRoPE", "GroupedQueryAttention", "MultiQueryAttention",

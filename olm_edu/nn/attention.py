@@ -9,15 +9,28 @@ For each head h, with queries Q, keys K and values V of width d_h:
                    sliding window (q - k >= window)
     out = softmax(scores) V
 
+With attention sinks (gpt-oss) each head h has a learned logit s_h that joins the softmax as one
+more column no value goes with:
+
+    weights = softmax([scores, s_h])[..., :-1]      (the sink's share is dropped)
+
+so the weights over the real keys sum to 1 - sink share: a head with nothing to look at can put
+its mass on the sink instead of piling it on the first token.
+
 Knobs:
 - num_kv_heads < num_heads shares each key/value head among a group of query heads
   (GQA; MQA when num_kv_heads = 1; MHA when equal). `repeat_kv` expands them for the maths.
 - position="rope" rotates queries and keys by their absolute positions (either layout);
   "alibi" adds a distance penalty to the scores; anything else leaves them alone.
-- qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3).
+- qk_norm applies an RMSNorm to each head's queries and keys, before RoPE (Qwen 3, Gemma 3:
+  qk_norm_scope="head"), or one RMSNorm over the whole query projection and one over the keys
+  before they are split into heads (OLMo 2/3: qk_norm_scope="projection").
+- sinks=True gives each head its sink logit (the parameter `sinks`, shape (num_heads,)).
 - implementation="explicit" computes the formula above line by line; "sdpa" calls
   `torch.nn.functional.scaled_dot_product_attention` (which can use fused kernels). They
   agree to float32 rounding. SDPA has no soft-cap, so a soft-capped layer always runs explicit.
+  SDPA has no sink either: there the sink becomes one extra key of zeros (so q.k = 0) whose
+  additive mask entry is s_h, with a value of zeros, which is the same softmax.
   Both live in `attend`, which multi-head latent attention (olm_edu.nn.mla) shares.
 
 Shapes: x (B, T, embed_dim) -> (B, T, embed_dim)
@@ -85,6 +98,7 @@ def attend(
     logit_softcap: float | None = None,
     dropout: float = 0.0,
     is_causal: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(softcap(q k^T * scale) + bias, masked where not `allowed`) v.
 
@@ -92,9 +106,10 @@ def attend(
     and a bias go in as one additive mask; SDPA has no soft-cap, so a soft-capped call always
     runs explicit). is_causal=True says `allowed` is the plain causal mask of a sequence
     attending to itself (T_q = T_k), so SDPA may use its fused causal kernel instead.
+    sinks: one logit per head that joins each softmax denominator (see the module docstring).
 
     Shapes: q (B, H, T_q, d), k (B, H, T_k, d), v (B, H, T_k, d_v), allowed (T_q, T_k),
-        bias (H, T_q, T_k) -> (B, H, T_q, d_v)
+        bias (H, T_q, T_k), sinks (H,) -> (B, H, T_q, d_v)
     """
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     if implementation == "explicit" or logit_softcap is not None:
@@ -104,9 +119,14 @@ def attend(
             scores = scores + bias
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if sinks is None:
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        else:
+            weights = _softmax_with_sink(scores, sinks).to(q.dtype)
         weights = F.dropout(weights, dropout, dropout > 0)
         return weights @ v  # (B, H, T_q, d_v)
+    if sinks is not None:
+        return _sdpa_with_sink(q, k, v, allowed, scale, bias, dropout, sinks)
     if is_causal and bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
     mask = allowed
@@ -115,11 +135,42 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
+def _softmax_with_sink(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """softmax over [scores, sink] without the sink's column, in float32.
+
+    The largest logit (sink included) is subtracted first, as gpt-oss's reference code does, so a
+    large sink cannot overflow in half precision. Shapes: (B, H, T_q, T_k), (H,) -> (B, H, T_q, T_k)
+    """
+    scores = scores.float()
+    sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T_q, 1)
+    logits = torch.cat([scores, sink], dim=-1)
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    return torch.softmax(logits, dim=-1)[..., :-1]
+
+
+def _sdpa_with_sink(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, scale: float,
+    bias: torch.Tensor | None, dropout: float, sinks: torch.Tensor,
+) -> torch.Tensor:
+    """SDPA with a sink: one more key of zeros (its score q.0 = 0) whose additive mask entry is
+    the sink logit, and a value of zeros, so it takes its share of the softmax and adds nothing."""
+    batch, heads, length_q, _ = q.shape
+    k = torch.cat([k, k.new_zeros(batch, heads, 1, k.shape[-1])], dim=2)  # (B, H, T_k + 1, d)
+    v = torch.cat([v, v.new_zeros(batch, heads, 1, v.shape[-1])], dim=2)
+    mask = q.new_zeros(heads, length_q, k.shape[2] - 1) if bias is None else bias.expand(heads, length_q, -1)
+    if allowed is not None:
+        mask = mask.masked_fill(~allowed, float("-inf"))
+    sink_column = sinks.to(q.dtype).view(heads, 1, 1).expand(heads, length_q, 1)
+    mask = torch.cat([mask, sink_column], dim=-1)  # (H, T_q, T_k + 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
 class Attention(nn.Module):
-    """Multi-head attention covering MHA / GQA / MQA, RoPE, ALiBi, QK-norm, soft-cap, windows.
+    """Multi-head attention covering MHA / GQA / MQA, RoPE, ALiBi, QK-norm, soft-cap, windows, sinks.
 
     Parameters are named as in Llama's code: q_proj, k_proj, v_proj, o_proj (and q_norm,
-    k_norm with QK-norm).
+    k_norm with QK-norm; sinks with attention sinks). norm_convention is the QK-norms' RMSNorm
+    convention ("llama" or "gemma"); qk_norm_scope "head" or "projection" (see the module docstring).
     """
 
     uses_context = True
@@ -148,6 +199,9 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         implementation: str = "sdpa",
         layer_index: int = 0,
+        qk_norm_scope: str = "head",
+        norm_convention: str = "llama",
+        sinks: bool = False,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -168,8 +222,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
-        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        check_choice("qk_norm_scope", qk_norm_scope, ("head", "projection"))
+        self.qk_norm_scope = qk_norm_scope
+        per_head = qk_norm_scope == "head"
+        q_width, k_width = (head_dim, head_dim) if per_head else (num_heads * head_dim, num_kv_heads * head_dim)
+        self.q_norm = RMSNorm(q_width, norm_eps, convention=norm_convention) if qk_norm else None
+        self.k_norm = RMSNorm(k_width, norm_eps, convention=norm_convention) if qk_norm else None
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None
 
         self.rope_layout = rope_layout
         self.rotary = None
@@ -189,10 +248,13 @@ class Attention(nn.Module):
         positions = context.positions if context is not None else torch.arange(length, device=x.device)
         cache = context.cache if context is not None else None
 
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
-        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:  # QK-norm acts on each head's vectors, before the rotation
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H * d), (B, T, H_kv * d) twice
+        if self.q_norm is not None and self.qk_norm_scope == "projection":  # OLMo: over all heads at once
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and self.qk_norm_scope == "head":  # each head's vectors, before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             cos, sin = self.rotary(positions, dtype=q.dtype)
@@ -212,7 +274,7 @@ class Attention(nn.Module):
         out = attend(
             q, k, v, allowed, scale=self.scale, implementation=self.implementation, bias=bias,
             logit_softcap=self.logit_softcap, dropout=self.dropout if self.training else 0.0,
-            is_causal=cache is None and self.causal and self.sliding_window is None,
+            is_causal=cache is None and self.causal and self.sliding_window is None, sinks=self.sinks,
         )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H * d)
         return self.o_proj(out)
@@ -223,5 +285,9 @@ class Attention(nn.Module):
             parts.append(f"sliding_window={self.sliding_window}")
         if self.logit_softcap is not None:
             parts.append(f"logit_softcap={self.logit_softcap}")
+        if self.sinks is not None:
+            parts.append("sinks=True")
+        if self.q_norm is not None and self.qk_norm_scope != "head":
+            parts.append(f"qk_norm_scope={self.qk_norm_scope!r}")
         parts.append(f"implementation={self.implementation!r}")
         return ", ".join(parts)

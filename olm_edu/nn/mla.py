@@ -23,6 +23,11 @@ mscale(factor, mscale) / mscale(factor, mscale_all_dim), multiplies cos and sin 
 
 Cached per token and layer: kv_latent_dim + rope_head_dim numbers (576 for DeepSeek-V3).
 
+Top-k key selection (DeepSeek-V3.2's sparse attention, `index_topk`): a `LightningIndexer`
+(olm_edu.nn.indexer) reads the query latent and scores every earlier key; each query then
+attends only to its index_topk best keys. Nothing else changes: the selection is one more mask
+on the same attention (and the indexer caches its own key per token, index_head_dim numbers).
+
 Three ways to compute it (`mode`), equal to float rounding:
 - "naive": cache c and k^R; each step expands every cached c into keys and values (what
   transformers does).
@@ -53,6 +58,7 @@ from torch import nn
 from olm_edu.choices import checked_choice
 from olm_edu.nn.attention import IMPLEMENTATIONS, attend, attention_mask
 from olm_edu.nn.blocks import Context
+from olm_edu.nn.indexer import LightningIndexer
 from olm_edu.nn.norms import RMSNorm
 from olm_edu.nn.positions import RotaryEmbedding, apply_rotary, validate_rope_scaling
 
@@ -109,6 +115,9 @@ class LatentAttention(nn.Module):
         implementation: str = "sdpa",
         mode: str = "naive",
         layer_index: int = 0,
+        index_topk: int | None = None,
+        index_heads: int | None = None,
+        index_head_dim: int | None = None,
     ):
         super().__init__()
         if head_dim is None:
@@ -139,6 +148,17 @@ class LatentAttention(nn.Module):
         self.rope_layout = rope_layout
         self.rotary = RotaryEmbedding(rope_head_dim, rope_theta, rope_scaling, max_seq_len, layout=rope_layout)
         self.scale = mla_softmax_scale(qk_head_dim, rope_scaling, max_seq_len)
+        self.indexer = None
+        if index_topk is not None:
+            if q_latent_dim is None or index_heads is None or index_head_dim is None:
+                raise ValueError(
+                    "top-k selection (index_topk) needs q_latent_dim, index_heads and index_head_dim: the indexer "
+                    "reads the query latent"
+                )
+            self.indexer = LightningIndexer(
+                embed_dim, q_latent_dim, index_heads, index_head_dim, rope_head_dim, index_topk,
+                rope_theta=rope_theta, rope_scaling=rope_scaling, max_seq_len=max_seq_len, layer_index=layer_index,
+            )  # fmt: skip
 
     implementation = checked_choice("implementation", IMPLEMENTATIONS)
     mode = checked_choice("mode", MLA_MODES)
@@ -150,9 +170,10 @@ class LatentAttention(nn.Module):
         heads, content, rope = self.num_heads, self.head_dim, self.rope_head_dim
 
         if self.q_latent_dim is None:
-            q = self.q_proj(x)
+            q_latent, q = None, self.q_proj(x)
         else:
-            q = self.q_up_proj(self.q_norm(self.q_down_proj(x)))
+            q_latent = self.q_norm(self.q_down_proj(x))  # (B, T, r_q)
+            q = self.q_up_proj(q_latent)
         q = q.view(batch, length, heads, content + rope).transpose(1, 2)  # (B, H, T, d + d_R)
         q_content, q_rope = q.split([content, rope], dim=-1)
 
@@ -171,10 +192,13 @@ class LatentAttention(nn.Module):
         elif cache is not None:
             latent, k_rope, key_positions = cache.update_latent(self.layer_index, latent, k_rope, positions)
 
-        allowed = attention_mask(positions, key_positions, self.causal)
+        allowed = attention_mask(positions, key_positions, self.causal)  # (T, T_k)
+        if self.indexer is not None:  # each query keeps its top-k keys: (B, 1, T, T_k), for all heads
+            selected = self.indexer(x, q_latent, positions, allowed, cache)[:, None]
+            allowed = selected if allowed is None else allowed & selected
         options = dict(
             scale=self.scale, implementation=self.implementation, dropout=self.dropout if self.training else 0.0,
-            is_causal=cache is None and self.causal,
+            is_causal=cache is None and self.causal and self.indexer is None,
         )
         if self.mode == "absorbed":
             out = self._absorbed(q_content, q_rope, latent, k_rope, allowed, options)
@@ -214,7 +238,8 @@ class LatentAttention(nn.Module):
         q_latent = q_content @ key_weight  # (B, H, T, d_c): the query, moved into latent space
         query = torch.cat([q_latent, q_rope], dim=-1).reshape(batch, 1, heads * length, -1)  # (B, 1, H T, d_c + d_R)
         key = torch.cat([latent, k_rope], dim=-1)  # (B, 1, T_k, d_c + d_R)
-        allowed = None if allowed is None else allowed.repeat(heads, 1)  # (H T, T_k): the same mask for every head
+        if allowed is not None:  # (.., H T, T_k): the same mask for every head
+            allowed = allowed.repeat(*[1] * (allowed.dim() - 2), heads, 1)
         out_latent = attend(query, key, latent, allowed, **{**options, "is_causal": False})  # (B, 1, H T, d_c)
         out_latent = out_latent.view(batch, heads, length, -1)
         return out_latent @ value_weight.transpose(1, 2)  # (B, H, T, d_v)
@@ -223,5 +248,5 @@ class LatentAttention(nn.Module):
         return (
             f"heads={self.num_heads}, head_dim={self.head_dim}, rope_head_dim={self.rope_head_dim}, "
             f"value_head_dim={self.value_head_dim}, q_latent_dim={self.q_latent_dim}, "
-            f"kv_latent_dim={self.kv_latent_dim}, mode={self.mode!r}, implementation={self.implementation!r}"
+            f"kv_latent_dim={self.kv_latent_dim}, mode={self.mode!r}, index_topk={self.indexer and self.indexer.topk}, implementation={self.implementation!r}"
         )

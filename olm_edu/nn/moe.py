@@ -20,9 +20,12 @@ is num_shared_experts expert widths). The router scores the experts with one mat
                          bias used for *choosing only* (it never scales an output); groups scored
                          by the sum of their two best s + b; w = s_chosen / sum(s_chosen), times
                          routed_scaling_factor
+    gpt-oss              logits = x W_r^T + b (a learned router bias); choose the k largest logits;
+                         w = softmax over those k logits, which is softmax(logits)_chosen
+                         renormalised: the Mixtral router plus a bias
 
 `Router` does all of these with options (scoring, renormalize, num_groups, groups_per_token,
-group_score, selection_bias, scaling_factor). The router works in float32 (as DeepSeek's does;
+group_score, selection_bias, scaling_factor, bias). The router works in float32 (as DeepSeek's does;
 Mixtral and Qwen compute the logits in the activations' dtype, which differs only in bf16).
 
 Keeping the experts busy
@@ -51,7 +54,8 @@ Running the experts
 -------------------
 `Experts` stores the weights of all experts as 3-D tensors (gate_proj and up_proj
 (num_experts, hidden_dim, embed_dim), down_proj (num_experts, embed_dim, hidden_dim)), and runs
-them two ways that agree to float rounding:
+them two ways that agree to float rounding (gpt-oss adds biases to each expert's three projections
+and clamps its SwiGLU, see `clamped_swiglu`):
 - "loop": for each expert, gather its tokens, run its feed-forward, add the weighted result
   back (the readable version, and what transformers does);
 - "batched": sort the (token, choice) pairs by expert, pad each expert's tokens to the busiest
@@ -74,7 +78,7 @@ from olm_edu.nn.activations import get_activation
 from olm_edu.nn.ffn import ClassicFFN, GatedFFN
 
 __all__ = [
-    "Routing", "Router", "Experts", "MoE", "load_balancing_loss", "router_z_loss",
+    "Routing", "Router", "Experts", "MoE", "load_balancing_loss", "router_z_loss", "clamped_swiglu",
     "SCORINGS", "GROUP_SCORES", "MOE_IMPLEMENTATIONS",
 ]  # fmt: skip
 
@@ -101,8 +105,9 @@ class Routing(NamedTuple):
 class Router(nn.Module):
     """Scores the experts for each token and picks `experts_per_token` of them.
 
-    weight: (num_experts, embed_dim); selection_bias: (num_experts,) buffer or None (it is
-    moved by `MoE.update_bias`, never by gradients).
+    weight: (num_experts, embed_dim); bias: (num_experts,) learned logit bias or None (gpt-oss);
+    selection_bias: (num_experts,) buffer or None (it is moved by `MoE.update_bias`, never by
+    gradients).
 
     Shapes: x (N, embed_dim) -> Routing with (N, k) weights and experts
     """
@@ -120,6 +125,7 @@ class Router(nn.Module):
         group_score: str = "max",
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
+        bias: bool = False,
     ):
         super().__init__()
         check_choice("scoring", scoring, SCORINGS)
@@ -136,6 +142,7 @@ class Router(nn.Module):
         self.num_groups, self.groups_per_token, self.group_score = num_groups, groups_per_token, group_score
         self.weight = nn.Parameter(torch.empty(num_experts, embed_dim))
         nn.init.normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(num_experts)) if bias else None
         self.register_buffer("selection_bias", torch.zeros(num_experts) if selection_bias else None)
 
     def _apply(self, fn, recurse: bool = True):
@@ -148,7 +155,8 @@ class Router(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        bias = None if self.bias is None else self.bias.float()
+        logits = F.linear(x.float(), self.weight.float(), bias)  # (N, E)
         scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
         choosing = scores if self.selection_bias is None else scores + self.selection_bias
         if self.num_groups > 1:
@@ -178,36 +186,75 @@ class Router(nn.Module):
             parts.append(f"group_score={self.group_score!r}")
         if self.selection_bias is not None:
             parts.append("selection_bias=True")
+        if self.bias is not None:
+            parts.append("bias=True")
         if self.scaling_factor != 1.0:
             parts.append(f"scaling_factor={self.scaling_factor}")
         return ", ".join(parts)
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float, alpha: float = 1.702) -> torch.Tensor:
+    """gpt-oss's SwiGLU: (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit).
+
+    The clamps bound what one expert can write (a gate above the limit stops growing; the up
+    projection is kept in [-limit, limit]); alpha = 1.702 makes g * sigmoid(alpha g) the sigmoid
+    approximation of GELU; the + 1 lets the up projection start as an identity-like gain.
+    """
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * (gate * torch.sigmoid(alpha * gate))
 
 
 class Experts(nn.Module):
     """num_experts feed-forwards, their weights stacked in 3-D tensors.
 
     Gated (default): expert_e(x) = down_e(act(gate_e x) * up_e x), as `GatedFFN`;
-    gated=False: down_e(act(up_e x)), as `ClassicFFN`. No biases (no published MoE has them).
+    gated=False: down_e(act(up_e x)), as `ClassicFFN`. bias=True adds per-expert biases
+    gate_proj_bias, up_proj_bias (num_experts, hidden_dim) and down_proj_bias (num_experts,
+    embed_dim) (gpt-oss); swiglu_limit replaces act(gate) * up by `clamped_swiglu`.
 
     Shapes: x (N, embed_dim), experts and weights (N, k) -> (N, embed_dim)
     """
 
-    def __init__(self, num_experts: int, embed_dim: int, hidden_dim: int, activation: str = "silu", gated: bool = True):
+    def __init__(
+        self, num_experts: int, embed_dim: int, hidden_dim: int, activation: str = "silu", gated: bool = True,
+        *, bias: bool = False, swiglu_limit: float | None = None, swiglu_alpha: float = 1.702,
+    ):  # fmt: skip
         super().__init__()
+        if swiglu_limit is not None and not gated:
+            raise ValueError("swiglu_limit clamps a gated feed-forward: it needs gated=True")
         self.num_experts, self.embed_dim, self.hidden_dim = num_experts, embed_dim, hidden_dim
         self.activation, self.act = activation, get_activation(activation)
+        self.swiglu_limit, self.swiglu_alpha = swiglu_limit, swiglu_alpha
         self.gate_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, embed_dim)) if gated else None
         self.up_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, embed_dim))
         self.down_proj = nn.Parameter(torch.empty(num_experts, embed_dim, hidden_dim))
         for weight in (self.gate_proj, self.up_proj, self.down_proj):
             if weight is not None:
                 nn.init.normal_(weight, std=0.02)
+        self.gate_proj_bias = nn.Parameter(torch.zeros(num_experts, hidden_dim)) if bias and gated else None
+        self.up_proj_bias = nn.Parameter(torch.zeros(num_experts, hidden_dim)) if bias else None
+        self.down_proj_bias = nn.Parameter(torch.zeros(num_experts, embed_dim)) if bias else None
+
+    def _hidden(self, gate: torch.Tensor | None, up: torch.Tensor) -> torch.Tensor:
+        """The expert's hidden activations from its gate and up projections (gate None: classic)."""
+        if gate is None:
+            return self.act(up)
+        if self.swiglu_limit is not None:
+            return clamped_swiglu(gate, up, self.swiglu_limit, self.swiglu_alpha)
+        return self.act(gate) * up
+
+    @staticmethod
+    def _bias(bias: torch.Tensor | None, index: int | torch.Tensor) -> torch.Tensor | None:
+        return None if bias is None else bias[index]
 
     def expert(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Expert `index` on the tokens x (n, embed_dim) -> (n, embed_dim)."""
-        up = F.linear(x, self.up_proj[index])
-        hidden = self.act(F.linear(x, self.gate_proj[index])) * up if self.gate_proj is not None else self.act(up)
-        return F.linear(hidden, self.down_proj[index])
+        up = F.linear(x, self.up_proj[index], self._bias(self.up_proj_bias, index))
+        gate = None
+        if self.gate_proj is not None:
+            gate = F.linear(x, self.gate_proj[index], self._bias(self.gate_proj_bias, index))
+        return F.linear(self._hidden(gate, up), self.down_proj[index], self._bias(self.down_proj_bias, index))
 
     def forward(
         self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, implementation: str = "loop"
@@ -235,16 +282,26 @@ class Experts(nn.Module):
         token = order // k
         padded = x.new_zeros(self.num_experts, int(counts.max()), self.embed_dim)  # (E, C, d)
         padded[sorted_expert, row] = x[token]
-        up = padded @ self.up_proj.transpose(1, 2)  # (E, C, F)
-        hidden = self.act(padded @ self.gate_proj.transpose(1, 2)) * up if self.gate_proj is not None else self.act(up)
-        y = hidden @ self.down_proj.transpose(1, 2)  # (E, C, d)
+        up = self._add_bias(padded @ self.up_proj.transpose(1, 2), self.up_proj_bias)  # (E, C, F)
+        gate = None
+        if self.gate_proj is not None:
+            gate = self._add_bias(padded @ self.gate_proj.transpose(1, 2), self.gate_proj_bias)
+        y = self._add_bias(self._hidden(gate, up) @ self.down_proj.transpose(1, 2), self.down_proj_bias)  # (E, C, d)
         contribution = y[sorted_expert, row] * weights.flatten()[order, None]  # (N k, d)
         return torch.zeros_like(x).index_add_(0, token, contribution)
+
+    @staticmethod
+    def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """(E, C, n) + each expert's bias (E, n) (padding rows get it too; they are never read)."""
+        return y if bias is None else y + bias[:, None, :]
 
     def extra_repr(self) -> str:
         kind = "gated" if self.gate_proj is not None else "classic"
         sizes = f"experts={self.num_experts}, embed_dim={self.embed_dim}, hidden_dim={self.hidden_dim}"
-        return f"{sizes}, {kind}, activation={self.activation!r}"
+        extras = "" if self.up_proj_bias is None else ", bias=True"
+        if self.swiglu_limit is not None:
+            extras += f", swiglu_limit={self.swiglu_limit}, swiglu_alpha={self.swiglu_alpha}"
+        return f"{sizes}, {kind}, activation={self.activation!r}{extras}"
 
 
 class MoE(nn.Module):
@@ -279,14 +336,21 @@ class MoE(nn.Module):
         selection_bias: bool = False,
         scaling_factor: float = 1.0,
         implementation: str = "loop",
+        router_bias: bool = False,
+        expert_bias: bool = False,
+        swiglu_limit: float | None = None,
+        swiglu_alpha: float = 1.702,
     ):
         super().__init__()
         self.router = Router(
             embed_dim, num_experts, experts_per_token, scoring=scoring, renormalize=renormalize,
             num_groups=num_groups, groups_per_token=groups_per_token, group_score=group_score,
-            selection_bias=selection_bias, scaling_factor=scaling_factor,
+            selection_bias=selection_bias, scaling_factor=scaling_factor, bias=router_bias,
         )  # fmt: skip
-        self.experts = Experts(num_experts, embed_dim, hidden_dim, activation, gated)
+        self.experts = Experts(
+            num_experts, embed_dim, hidden_dim, activation, gated, bias=expert_bias, swiglu_limit=swiglu_limit,
+            swiglu_alpha=swiglu_alpha,
+        )  # fmt: skip
         self.shared_experts = None
         if num_shared_experts:
             kind = GatedFFN if gated else ClassicFFN

@@ -62,12 +62,21 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
                 _SWIGLU.replace("bias=bias)", "bias=True)").format(body="self.down_proj(gate * torch.sigmoid(gate) * up)"),
                 "not expected: gate_proj.bias",
             ),
+            (  # the bias argument ignored
+                _SWIGLU.replace("bias=bias)", "bias=False)").format(body="self.down_proj(gate * torch.sigmoid(gate) * up)"),
+                "made no biases although bias=True was passed",
+            ),
         ],
         "geglu": [
             (_geglu("self.down_proj(F.gelu(gate) * up)"), "exact GELU (erf) where approximate='tanh'"),
             (_geglu("self.down_proj(F.gelu(gate, approximate='tanh') * up)"), "tanh form where approximate='none'"),
             (_geglu("self.down_proj(F.gelu(up, approximate=self.approximate) * gate)"), "gate_proj and up_proj swapped"),
             (_geglu("self.down_proj(F.gelu(gate * up, approximate=self.approximate))"), "after the product"),
+            (  # the bias argument ignored
+                _GEGLU.replace("bias=bias)", "bias=False)").format(
+                    body="self.down_proj(F.gelu(gate, approximate=self.approximate) * up)"),
+                "made no biases although bias=True was passed",
+            ),
         ],
         "gated_hidden_dim": [
             (_width(end="hidden"), "you did not round"),
@@ -95,4 +104,14 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             ),
         ],
     }
+}
+
+# Correct answers written differently from the solution: each check must accept them.
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "11_gated_ffn.ipynb": {
+        "swiglu": [_swiglu("self.down_proj(gate / (1 + torch.exp(-gate)) * up)")],
+        "geglu": [_geglu(
+            "self.down_proj((0.5 * gate * (1 + torch.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate ** 3))) "
+            "if self.approximate == 'tanh' else 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2)))) * up)")],
+    },
 }

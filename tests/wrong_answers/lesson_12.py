@@ -35,6 +35,10 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
              "did not merge it with the heads"),
             ("def repeat_kv(x, groups):\n    return x.repeat_interleave(groups, dim=1)\n",
              "torch.Tensor.repeat_interleave, which is not allowed"),
+            ("def repeat_kv(x, groups):\n    b, h, t, d = x.shape\n"  # view: refuses a transposed input
+             "    heads = x.view(b, h, 1, t * d)  # each head as one row\n"
+             "    return heads.expand(b, h, groups, t * d).reshape(b, h * groups, t, d)\n",
+             ".view() refuses it"),
         ],
         "grouped_query_attention": [
             (_attention("    k, v = k.repeat(1, groups, 1, 1), v.repeat(1, groups, 1, 1)\n"),
@@ -71,6 +75,17 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
              "used num_heads * head_size"),
             ("from olm_edu.analysis import kv_cache_bytes\n\n\n" + _cache("kv_cache_bytes(cfg, seq_len, 'bf16', batch_size)"),
              "calls olm_edu.analysis.kv_cache_bytes, which is not allowed here: Exercise 3 asks you to write"),
+        ],
+    },
+}
+
+# Correct answers written differently from the solution: each check must accept them.
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "12_gqa.ipynb": {
+        "repeat_kv": [
+            "def repeat_kv(x, groups):\n    return x[:, torch.arange(x.shape[1] * groups) // groups]\n",
+            "def repeat_kv(x, groups):\n    b, h, t, d = x.shape\n"
+            "    return x.unsqueeze(2).repeat(1, 1, groups, 1, 1).flatten(1, 2)\n",
         ],
     },
 }

@@ -100,6 +100,14 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
              "each sub-layer has its own norm"),
             (_layer(norm="nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)"),
              "Llama normalises with RMSNorm"),
+            (_layer(norm="RMSNorm(cfg.embed_dim)"), "the norms use eps=1e-6 (RMSNorm's default)"),  # eps not read from cfg
+            (_layer(attention="Attention(cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, bias=False, position='rope', "
+                              "rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len)"),
+             "This config sets head_dim=16"),  # head_dim not read from cfg
+            (_layer(attention="Attention(cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, bias=False, "
+                              "position='rope', rope_theta=500000.0, rope_scaling=cfg.rope_scaling, "
+                              "max_seq_len=cfg.max_seq_len)"),
+             "this config's rope_theta is 10000"),  # Llama 3's theta typed in
         ],
         "llama": [
             (_model(output="self.lm_head(h)"), "the final RMSNorm is not applied"),
@@ -116,6 +124,8 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_count(biases="heads * head_dim + 2 * kv_heads * head_dim + d + 2 * width + d"),
              "you counted biases; Llama has none"),
             (_count(width="4 * d"), "you used 4 * hidden_size for the feed-forward width"),
+            (_count().replace("config.get('head_dim') or d // heads", "d // heads"),
+             "you took head_dim = hidden_size // num_attention_heads"),
         ],
         "convert_llama_state_dict": [
             (_convert(attn_norm="post_attention_layernorm", mlp_norm="input_layernorm"),
@@ -125,6 +135,29 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_convert(transform=".t()"), "store every matrix in nn.Linear's own (out, in) layout"),
             (_convert(mlp_names="(('gate_proj', 'up_proj'), ('up_proj', 'gate_proj'), ('down_proj', 'down_proj'))"),
              "gate_proj and up_proj are swapped"),
+        ],
+    },
+}
+
+# Correct answers written differently from the solution: each check must accept them.
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "13_llama3.ipynb": {
+        "decoder_layer": [  # keyword arguments, the library's own layer norms, a different forward spelling
+            _layer(attention="Attention(embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, "
+                             "head_dim=cfg.head_size, bias=False, position='rope', rope_theta=cfg.rope_theta, "
+                             "rope_scaling=cfg.rope_scaling, max_seq_len=cfg.max_seq_len)",
+                   forward="        x = x + self.attn(self.attn_norm(x))\n        x = x + self.mlp(self.mlp_norm(x))\n"
+                           "        return x\n"),
+        ],
+        "llama_params": [
+            "def llama_params(config):\n"
+            "    d = config['hidden_size']\n"
+            "    head_dim = config['head_dim'] if 'head_dim' in config else d // config['num_attention_heads']\n"
+            "    q_and_o = 2 * d * config['num_attention_heads'] * head_dim\n"
+            "    k_and_v = 2 * d * config['num_key_value_heads'] * head_dim\n"
+            "    layer = q_and_o + k_and_v + 3 * d * config['intermediate_size'] + 2 * d\n"
+            "    tables = (1 if config['tie_word_embeddings'] else 2) * config['vocab_size'] * d\n"
+            "    return tables + config['num_hidden_layers'] * layer + d\n",
         ],
     },
 }

@@ -91,6 +91,21 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
             ),
         ],
         "gemma2_layer": [
+            (  # the residuals added into the caller's x
+                _layer("    x += n(attention(n(x, 'pre_attention')), 'post_attention')\n"
+                       "    x += n(mlp(n(x, 'pre_feedforward')), 'post_feedforward')\n"
+                       "    return x\n"),
+                "changed x in place",
+            ),
+            (  # the norm computed into its input
+                "def gemma_rms_norm(x, weight, eps=1e-6):\n"
+                "    return x.mul_(torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)).mul_(1.0 + weight)\n\n"
+                "def gemma2_layer(x, attention, mlp, norm_weights, eps=1e-6):\n"
+                "    n = lambda t, name: gemma_rms_norm(t, norm_weights[name], eps)\n"
+                "    h = x + n(attention(n(x, 'pre_attention')), 'post_attention')\n"
+                "    return h + n(mlp(n(h, 'pre_feedforward')), 'post_feedforward')\n",
+                "changed x or weight in place",
+            ),
             (
                 "def gemma_rms_norm(x, weight, eps=1e-6):\n"
                 "    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight\n\n"
@@ -134,6 +149,22 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
                 _kv("tokens_kept += min(seq_len, cfg.sliding_window) if sliding else seq_len", factor="1"),
                 "a factor 2",
             ),
+        ],
+    },
+}
+
+# Correct answers written differently from the solution: each check must accept them.
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "15_sliding_windows.ipynb": {
+        "gemma2_layer": [  # division by a square root, the residual stream kept in one name
+            "def gemma_rms_norm(x, weight, eps=1e-6):\n"
+            "    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * (weight + 1)\n\n"
+            "def gemma2_layer(x, attention, mlp, norm_weights, eps=1e-6):\n"
+            "    def sandwich(h, sublayer, before, after):\n"
+            "        return h + gemma_rms_norm(sublayer(gemma_rms_norm(h, norm_weights[before], eps)),\n"
+            "                                  norm_weights[after], eps)\n"
+            "    h = sandwich(x, attention, 'pre_attention', 'post_attention')\n"
+            "    return sandwich(h, mlp, 'pre_feedforward', 'post_feedforward')\n",
         ],
     },
 }

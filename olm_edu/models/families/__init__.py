@@ -47,3 +47,9 @@ def text_model_type(wrapper: str) -> str | None:
 
 
 # One import per family module (each registers itself). Keep one per line, sorted.
+from olm_edu.models.families import deepseek_v32  # noqa: E402,F401
+from olm_edu.models.families import gpt_oss  # noqa: E402,F401
+from olm_edu.models.families import gemma3_text  # noqa: E402,F401
+from olm_edu.models.families import olmo2  # noqa: E402,F401
+from olm_edu.models.families import olmo3  # noqa: E402,F401
+from olm_edu.models.families import smollm3  # noqa: E402,F401
