@@ -27,7 +27,7 @@ CORRECT = (
     "    return e / e.sum(dim=-1, keepdim=True)\n"
 )
 NAIVE = "def softmax(x):\n    return x.exp() / x.exp().sum(dim=-1, keepdim=True)\n"
-LIMITS = Limits(notebook_seconds=90, cell_seconds=8, memory_mb=1500)
+LIMITS = Limits(notebook_seconds=180, cell_seconds=30, memory_mb=1500)  # generous: CI machines are shared
 
 
 def submission(answer: str | None = CORRECT, extra_cells: tuple[str, ...] = (), drop: tuple[str, ...] = (),
@@ -116,7 +116,7 @@ def test_wrong_answer_earns_nothing_and_gets_the_checks_message(graded):
 
 def test_endless_loop_is_interrupted_and_reported(graded):
     assert row(graded, "endless_loop")["total"] == "0"
-    assert "ran longer than 8 s" in message(graded, "endless_loop")
+    assert "ran longer than 30 s" in message(graded, "endless_loop")
 
 
 def test_kernel_exit_is_reported_without_stopping_the_batch(graded):
