@@ -3,8 +3,12 @@
     olm-edu lessons            regenerate lessons/ from solutions/
     olm-edu lessons --check    exit 1 (and show a diff) when lessons/ is out of date
     olm-edu run SOLUTION...    execute solution notebooks in place, storing their outputs
-    olm-edu grade SUBMISSIONS... --lesson NN --out DIR
-                               grade a class: DIR/gradebook.csv and DIR/feedback/<student>.html
+    olm-edu grade SUBMISSIONS... --lesson NN --out DIR [--jobs N] [--cluster ADDRESS]
+                               grade a class, each submission in a sandbox:
+                               DIR/gradebook.csv and DIR/feedback/<student>.html
+    olm-edu grade CLASS/ --out DIR
+                               every lesson found (nbgrader's submitted/ layout too):
+                               one course gradebook, a column per lesson
     olm-edu train [FLAGS]      train a model (olm-edu train --help; under torchrun: -m olm_edu.train)
 """
 
@@ -50,14 +54,36 @@ def _run(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from olm_edu.grader import STUDENT_FAULTS, Limits, grade
 
+    from olm_edu.grader.sandbox import SandboxUnavailable
+
     limits = Limits(notebook_seconds=args.time_limit, cell_seconds=args.cell_time_limit, memory_mb=args.memory_limit)
-    results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), limits=limits)
+    if args.no_sandbox:
+        print("WARNING: grading WITHOUT a sandbox (--no-sandbox): student code runs as you, can read solutions/ "
+              "and other submissions, use the network and change files and grades", file=sys.stderr)
+    options = {"limits": limits, "sandbox": not args.no_sandbox, "jobs": args.jobs, "resume": not args.fresh,
+               "cluster": args.cluster}
+    try:
+        if args.lesson is None:  # every lesson found: the course gradebook
+            from olm_edu.grader.course import grade_course
+
+            if len(args.submissions) != 1:
+                print("olm-edu grade: without --lesson, give one folder holding the whole class", file=sys.stderr)
+                return 2
+            by_lesson = grade_course(args.submissions[0], Path(args.out), course=Path(args.course), **options)
+            results = [result for lesson_results in by_lesson.values() for result in lesson_results]
+        else:
+            results = grade(args.submissions, args.lesson, Path(args.out), course=Path(args.course), **options)
+    except SandboxUnavailable as error:
+        print(f"olm-edu grade: {error}", file=sys.stderr)
+        return 2
     system = [r for r in results if r.system_error]
     failed = [r for r in results if r.status in STUDENT_FAULTS]
     graded = len(results) - len(system) - len(failed)
+    flagged = [r for r in results if r.findings]
     print(
-        f"graded {graded} of {len(results)} submissions; {len(failed)} did not run to the end or were flagged "
-        f"(see the status column); {len(system)} system errors; gradebook: {Path(args.out) / 'gradebook.csv'}"
+        f"graded {graded} of {len(results)} submissions; {len(failed)} did not run to the end (see the status "
+        f"column); {len(system)} system errors; {len(flagged)} with code to review (the review column); "
+        f"gradebook: {Path(args.out) / 'gradebook.csv'}"
     )
     for result in system:
         print(f"system error for {result.student}: {result.detail}", file=sys.stderr)
@@ -77,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(run=_run)
     grade = commands.add_parser("grade", help="grade submitted notebooks of one lesson")
     grade.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders searched for notebooks")
-    grade.add_argument("--lesson", required=True, help="the lesson: 01, or 01_tokens")
+    grade.add_argument("--lesson", default=None,
+                       help="the lesson: 01, or 01_tokens (default: every lesson found, into one course gradebook)")
     grade.add_argument("--out", required=True, help="folder for gradebook.csv and feedback/")
     grade.add_argument("--course", default=".", help="the course folder holding solutions/ (default: here)")
     grade.add_argument("--time-limit", type=float, default=300.0, help="seconds per notebook (default 300)")
     grade.add_argument("--cell-time-limit", type=float, default=60.0, help="seconds per cell (default 60)")
     grade.add_argument("--memory-limit", type=int, default=4096, help="MB per notebook (default 4096)")
+    grade.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU cores)")
+    grade.add_argument("--cluster", default=None, metavar="ADDRESS",
+                       help="grade on a Dask distributed cluster (tcp://scheduler:8786); needs olm-edu[cluster]")
+    grade.add_argument("--fresh", action="store_true",
+                       help="grade everything again instead of resuming from DIR/journal.jsonl")
+    grade.add_argument("--no-sandbox", action="store_true",
+                       help="run student code without the bubblewrap sandbox (unsafe; for machines without bwrap)")
     grade.set_defaults(run=_grade)
     commands.add_parser("train", help="train a model: olm-edu train --help", add_help=False)
     argv = sys.argv[1:] if argv is None else argv

@@ -27,7 +27,7 @@ CORRECT = (
     "    return e / e.sum(dim=-1, keepdim=True)\n"
 )
 NAIVE = "def softmax(x):\n    return x.exp() / x.exp().sum(dim=-1, keepdim=True)\n"
-LIMITS = Limits(notebook_seconds=90, cell_seconds=8, memory_mb=1500)
+LIMITS = Limits(notebook_seconds=180, cell_seconds=30, memory_mb=1500)  # generous: CI machines are shared
 
 
 def submission(answer: str | None = CORRECT, extra_cells: tuple[str, ...] = (), drop: tuple[str, ...] = (),
@@ -51,7 +51,6 @@ def submission(answer: str | None = CORRECT, extra_cells: tuple[str, ...] = (), 
 
 
 def cases(course: Path, outside: Path) -> dict[str, object]:
-    target = course / "solutions" / f"{LESSON}.ipynb"
     return {
         "correct": submission(),
         "wrong": submission(NAIVE),
@@ -62,15 +61,10 @@ def cases(course: Path, outside: Path) -> dict[str, object]:
         "loud": submission(CORRECT, extra_cells=("for _ in range(300):\n    print('x' * 20_000)\n",)),
         "deleted_exercise": submission(drop=("softmax", "softmax_check")),
         "renamed_exercise": submission(rename={"softmax": "my_softmax"}),
-        "patches_check": submission(NAIVE, extra_cells=("check.softmax = lambda *args, **kwargs: None\n",)),
-        "patches_grading": submission(
-            "import olm_edu.grading\nolm_edu.grading.Check.fail = lambda self, message: None\n" + NAIVE
-        ),
-        "fake_output": submission(NAIVE.replace("return", "print('✅ Exercise 1 — a numerically stable softmax: 8 checks passed')\n    return")),
-        "deletes_course": submission(CORRECT + f"import pathlib\npathlib.Path({str(target)!r}).unlink()\n"),
-        "writes_outside": submission(CORRECT + f"with open({str(outside / 'escaped.txt')!r}, 'w') as f:\n    f.write('hi')\n"),
         "forbidden_helper": submission("import torch\ndef softmax(x):\n    return torch.softmax(x, dim=-1)\n"),
         "invalid_json": "{ this is not a notebook",
+        "scanned": submission("def softmax(x):\n    e = (x - eval('x.max(-1, keepdim=True).values')).exp()\n"
+                              "    return e / e.sum(-1, keepdim=True)\n"),
     }
 
 
@@ -106,7 +100,8 @@ def message(graded, name):
 
 def test_gradebook_has_a_row_per_student_and_a_column_per_exercise(graded):
     assert set(graded["rows"]) == set(cases(Path("c"), Path("o")))
-    assert list(next(iter(graded["rows"].values()))) == ["student", "softmax", "total", "max_total", "status", "detail"]
+    assert list(next(iter(graded["rows"].values()))) == ["student", "softmax", "total", "max_total", "status", "detail",
+                                                         "review"]
 
 
 def test_correct_answer_earns_the_points(graded):
@@ -121,7 +116,7 @@ def test_wrong_answer_earns_nothing_and_gets_the_checks_message(graded):
 
 def test_endless_loop_is_interrupted_and_reported(graded):
     assert row(graded, "endless_loop")["total"] == "0"
-    assert "ran longer than 8 s" in message(graded, "endless_loop")
+    assert "ran longer than 30 s" in message(graded, "endless_loop")
 
 
 def test_kernel_exit_is_reported_without_stopping_the_batch(graded):
@@ -143,14 +138,9 @@ def test_deleted_or_renamed_exercises_score_zero_and_say_so(graded):
         assert "missing from your notebook" in message(graded, name)
 
 
-@pytest.mark.parametrize("name", ["patches_check", "patches_grading"])
-def test_monkeypatching_the_checks_is_flagged_and_not_scored(graded, name):
-    assert row(graded, name)["status"] == "flagged" and row(graded, name)["total"] == "0"
-    assert graded["results"][name].findings
-
-
-def test_reloading_the_checks_defeats_a_patch_the_scan_misses(tmp_path, monkeypatch):
-    """Even with the scan switched off, a patched check module is replaced before the check runs."""
+def test_patching_the_checks_in_the_kernel_changes_nothing(tmp_path, monkeypatch):
+    """Even with the scan switched off, a check patched in the kernel is not the check that runs
+    (lesson 00's checks run in the grader's process)."""
     monkeypatch.setattr(grader, "assemble", _assemble_without_scan)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -165,21 +155,6 @@ def _assemble_without_scan(submission, solution, token):
     graded = assemble(submission, solution, token)
     graded.findings = []
     return graded
-
-
-def test_printing_a_fake_pass_earns_nothing(graded):
-    assert row(graded, "fake_output")["total"] == "0"
-
-
-def test_deleting_course_files_is_detected_and_undone(graded):
-    assert row(graded, "deletes_course")["status"] == "modified course files"
-    assert row(graded, "deletes_course")["total"] == "0"
-    assert (graded["course"] / "solutions" / f"{LESSON}.ipynb").exists()
-
-
-def test_writing_outside_the_working_folder_is_flagged(graded):
-    assert row(graded, "writes_outside")["status"] == "flagged" and row(graded, "writes_outside")["total"] == "0"
-    assert any("opens a file for writing" in f for f in graded["results"]["writes_outside"].findings)
 
 
 def test_forbidden_helper_is_detected_by_the_check(graded):
@@ -229,6 +204,101 @@ def test_command_line_summary_and_exit_status(tmp_path):
                "--course", str(ROOT)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
-    assert "graded 1 of 2 submissions; 1 did not run to the end or were flagged" in result.stdout
+    assert "graded 1 of 2 submissions; 1 did not run to the end" in result.stdout
     rows = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "gradebook.csv").open())}
     assert rows["alice"]["total"] == "2" and rows["bob"]["status"] == "invalid notebook"
+
+
+def test_scan_findings_are_advice_shown_to_the_instructor(graded):
+    """Code the scan dislikes is graded like any other; the finding is listed for review."""
+    result = graded["results"]["scanned"]
+    assert (result.status, result.total) == ("graded", 2) and any("calls eval()" in f for f in result.findings)
+    assert "calls eval()" in row(graded, "scanned")["review"]
+    assert "Code flagged for review" in (graded["out"] / "feedback" / "scanned.html").read_text()
+
+
+def test_grading_refuses_to_run_without_a_sandbox_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(grader, "sandbox_problem", lambda: "bwrap not found: install bubblewrap (`apt-get install bubblewrap`)")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nbformat.write(submission(), folder / "alice.ipynb")
+    with pytest.raises(grader.SandboxUnavailable, match="apt-get install bubblewrap"):
+        grade([folder], "00", tmp_path / "out", course=ROOT, limits=LIMITS, progress=False, protect=[])
+    with pytest.warns(UserWarning, match="WITHOUT a sandbox"):
+        (result,) = grade([folder], "00", tmp_path / "out", course=ROOT, limits=LIMITS, progress=False, protect=[],
+                          sandbox=False)
+    assert (result.status, result.total) == ("graded", 2)
+
+
+def test_an_interrupted_run_resumes_from_its_journal(graded, monkeypatch):
+    """Every result is in DIR/journal.jsonl as soon as it is known: grading the same class into the
+    same folder again grades nothing twice and writes the same gradebook."""
+    out = graded["out"]
+    before = (out / "gradebook.csv").read_text()
+    monkeypatch.setattr(grader, "grade_one", lambda *args, **kwargs: pytest.fail("graded a submission again"))
+    grade([graded["submissions"]], "00", out, course=graded["course"], limits=LIMITS, progress=False, protect=[])
+    assert (out / "gradebook.csv").read_text() == before
+
+
+def test_a_changed_submission_is_graded_again_and_duplicates_are_reported(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_grade_one(path, solution, student, limits, snapshot, sandbox):
+        calls.append(student)
+        return grader.SubmissionResult(student, str(path))
+
+    monkeypatch.setattr(grader, "grade_one", fake_grade_one)
+    folder = tmp_path / "in"
+    (folder / "alice").mkdir(parents=True)
+    nbformat.write(submission(), folder / "alice.ipynb")
+    nbformat.write(submission(NAIVE), folder / "alice" / f"{LESSON}.ipynb")  # the same student again
+    nbformat.write(submission(), folder / "bob.ipynb")
+    results = grade([folder], "00", tmp_path / "out", course=ROOT, limits=LIMITS, progress=False, protect=[], jobs=2)
+    assert sorted(calls) == ["alice", "bob"]
+    duplicate = next(r for r in results if r.status == "duplicate")
+    assert duplicate.student == "alice#2" and "only" in duplicate.detail
+    rows = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "gradebook.csv").open())}
+    assert rows["alice#2"]["total"] == "" and rows["alice#2"]["status"] == "duplicate"
+    nbformat.write(submission(NAIVE), folder / "bob.ipynb")
+    calls.clear()
+    grade([folder], "00", tmp_path / "out", course=ROOT, limits=LIMITS, progress=False, protect=[])
+    assert calls == ["bob"]
+
+
+def test_course_submissions_are_found_in_every_layout(tmp_path):
+    from olm_edu.grader.course import find_course_submissions
+
+    layout = ["submitted/carol/lesson00/00_welcome.ipynb", "dave/00_welcome.ipynb", "00_welcome/erin.ipynb",
+              "01/frank.ipynb", "notes/readme.ipynb"]
+    for name in layout:
+        (tmp_path / "class" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "class" / name).write_text("{}")
+    found = find_course_submissions(tmp_path / "class", ROOT)
+    assert sorted(found["00_welcome"].values()) == ["carol", "dave", "erin"]
+    assert list(found["01_tokens"].values()) == ["frank"]
+    assert set(found) == {"00_welcome", "01_tokens"}
+
+
+def test_course_gradebook_leaves_ungraded_lessons_blank_with_the_reason(tmp_path, monkeypatch):
+    from olm_edu.grader import course as course_module
+
+    def fake_grade(files, lesson, out, *, names, **options):
+        results = []
+        for path in files:
+            result = grader.SubmissionResult(names[path], str(path))
+            if names[path] == "bob" and lesson == "01":
+                result.status, result.detail = "system error", "the worker crashed"
+            result.exercises = [grader.ExerciseResult("x", "Exercise 1", 2.0, 2.0, True, "", "")]
+            results.append(result)
+        return results
+
+    monkeypatch.setattr(course_module, "grade", fake_grade)
+    for name in ("alice/00_welcome.ipynb", "alice/01_tokens.ipynb", "bob/01_tokens.ipynb"):
+        (tmp_path / "class" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "class" / name).write_text("{}")
+    course_module.grade_course(tmp_path / "class", tmp_path / "out", course=ROOT)
+    rows = {r["student_id"]: r for r in csv.DictReader((tmp_path / "out" / "gradebook.csv").open())}
+    assert (rows["alice"]["00_welcome"], rows["alice"]["01_tokens"], rows["alice"]["total"]) == ("2", "2", "4")
+    assert (rows["bob"]["00_welcome"], rows["bob"]["00_welcome note"]) == ("", "not submitted")
+    assert rows["bob"]["01_tokens"] == "" and "worker crashed" in rows["bob"]["01_tokens note"]
+    assert "01_tokens/feedback/alice.html" in (tmp_path / "out" / "feedback" / "alice.html").read_text()

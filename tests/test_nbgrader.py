@@ -1,4 +1,5 @@
-"""The solution notebooks work in an nbgrader course unchanged: generate, submit, autograde."""
+"""The solution notebooks work in an nbgrader course unchanged: generate, submit, autograde; and
+`olm-edu grade` reads nbgrader's submitted/ layout and agrees with nbgrader's scores."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import csv
+
 import nbformat
 from nbgrader.api import Gradebook
+
+from olm_edu.grader import Limits
+from olm_edu.grader.course import grade_course
+from olm_edu.grader.sandbox import sandbox_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CORRECT = "def softmax(x):\n    e = (x - x.max(-1, keepdim=True).values).exp()\n    return e / e.sum(-1, keepdim=True)\n"
@@ -55,9 +62,16 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
         assert (bob.score, bob.max_score) == (0.0, 2.0)
         carol = gradebook.find_submission("lesson00", "carol")
         assert (carol.score, carol.max_score) == (0.0, 2.0)
+        nbgrader_scores = {name: gradebook.find_submission("lesson00", name).score for name in ("alice", "bob", "carol")}
     # The failed check did not raise (Run All goes on in JupyterLab): nbgrader scored it 0 from the
     # error output the check published, which holds the one-line diagnosis and no traceback.
     autograded = nbformat.read(course / "autograded" / "bob" / "lesson00" / "00_welcome.ipynb", as_version=4)
     check = next(c for c in autograded.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "softmax_check")
     [error] = [o for o in check.outputs if o.output_type == "error"]
     assert error.ename == "CheckFailed" and len(error.traceback) == 1 and error.traceback[0].startswith("❌")
+    # olm-edu grade on the same submitted/ folder: the course gradebook agrees with nbgrader
+    out = tmp_path / "grades"
+    grade_course(course / "submitted", out, course=ROOT, limits=Limits(cell_seconds=60), progress=False,
+                 sandbox=sandbox_problem() is None)
+    rows = {r["student_id"]: r for r in csv.DictReader((out / "gradebook.csv").open())}
+    assert {name: float(rows[name]["00_welcome"]) for name in ("alice", "bob", "carol")} == nbgrader_scores

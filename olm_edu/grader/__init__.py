@@ -1,27 +1,36 @@
 """`olm-edu grade`: grade a class's notebooks for one lesson, safely, without a database.
 
-    olm-edu grade submissions/ --lesson 01 --out grades/
+    olm-edu grade submissions/ --lesson 01 --out grades/ [--jobs N] [--cluster ADDRESS]
 
 For each submitted notebook:
 1. read it (a file that is not a notebook fails to run, with the reason);
 2. assemble the notebook to run (`assemble`): the student's answers, the course's own checks
    with their hidden tests, everything else as the course wrote it;
-3. run it in a fresh kernel, in its own process and temporary folder, with a time limit per
-   cell and for the whole notebook and a memory limit (`worker`, watched from here);
-4. score each exercise: its points when its check cell printed the grader's token and raised
-   nothing; read the code for cheating (`scan`); check the course's files were not touched.
+3. run it (`worker`): the student's code in a fresh kernel inside a bubblewrap sandbox
+   (`sandbox`: no network, nothing of the grader or the course visible, its own user, limits on
+   time, memory, processes and bytes written, every process gone when it ends); the checks in
+   the grader's own process wherever the lesson allows (`remote`: the kernel only computes the
+   learner's outputs; the references and the verdict never run where student code runs);
+4. score each exercise: its points when its check passed; the code scan (`scan`) is advice for
+   the instructor (the `review` column), never a zero.
 
-Results go to `DIR/gradebook.csv` (a row per student, a column per exercise, the total and the
-status), `DIR/feedback/<student>.html` (what passed, what failed, the check's message, where in
-the notebook), and `DIR/results.json`. Re-running gives the same files: check seeds are pinned
-per student. A status other than "graded" says why a submission was not fully graded, and
-whether that was the submission's doing or the grader's ("system error").
+Submissions are graded N at a time (`jobs`, default: the cores), or on a Dask cluster
+(`cluster`); each result is appended to `DIR/journal.jsonl` as soon as it is known, so an
+interrupted run resumes. Results go to `DIR/gradebook.csv` (a row per student, a column per
+exercise, the total, the status and the scan's findings), `DIR/feedback/<student>.html` (what
+passed, what failed, the check's message, where in the notebook), and `DIR/results.json`.
+Re-running gives the same files: check seeds are pinned per student. A status other than
+"graded" says why a submission was not fully graded, and whether that was the submission's doing
+or the grader's ("system error", whose total is left blank, as is a "duplicate" second file of
+one student). Without bwrap, grading refuses to start unless asked for `sandbox=False`
+(`--no-sandbox`), which warns loudly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -29,8 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import nbformat
 import psutil
@@ -38,19 +50,26 @@ import psutil
 import olm_edu
 from olm_edu.grader.assemble import Exercise, assemble, exercises_of
 from olm_edu.grader.report import write_reports
+from olm_edu.grader.sandbox import SandboxLimits, SandboxUnavailable, sandbox_problem, sandbox_uid
 
 __all__ = ["Limits", "ExerciseResult", "SubmissionResult", "grade", "find_solution", "student_name"]
 
-STUDENT_FAULTS = ("invalid notebook", "time limit", "memory limit", "kernel died", "flagged", "modified course files")
+STUDENT_FAULTS = ("invalid notebook", "time limit", "memory limit", "process limit", "kernel died", "modified course files")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """How long and how much memory one submission may use."""
+    """How long, how much memory, how many processes and how much disk one submission may use."""
 
     notebook_seconds: float = 300.0
     cell_seconds: float = 60.0
-    memory_mb: int = 4096
+    memory_mb: int = 4096  # resident memory of the whole process tree
+    processes: int = 256  # processes and threads in the sandbox
+    disk_mb: int = 256  # the working folder (/home/student); /tmp and /dev/shm get half each
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(processes=self.processes, address_space_mb=max(16384, 4 * self.memory_mb),
+                             file_mb=min(64, self.disk_mb), home_mb=self.disk_mb, tmp_mb=max(16, self.disk_mb // 2))
 
 
 @dataclass
@@ -130,9 +149,16 @@ def _restore_changes(snapshot: dict[Path, bytes]) -> list[str]:
     return changed
 
 
-def _tree_rss(process: psutil.Process) -> int:
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def _tree_rss(members: list[psutil.Process]) -> int:
     total = 0
-    for member in [process, *process.children(recursive=True)]:
+    for member in members:
         try:
             total += member.memory_info().rss
         except psutil.Error:
@@ -141,7 +167,7 @@ def _tree_rss(process: psutil.Process) -> int:
 
 
 def _kill_tree(process: psutil.Process) -> None:
-    members = [process, *process.children(recursive=True)]
+    members = _tree(process)
     for member in members:
         try:
             member.kill()
@@ -150,11 +176,44 @@ def _kill_tree(process: psutil.Process) -> None:
     psutil.wait_procs(members, timeout=10)
 
 
+def _kill_user(uid: int) -> int:
+    """Kill every process still running as the sandbox's user id; how many there were (should be 0:
+    the PID namespace ends them all with the sandbox; the kernel takes a moment to reap them, so
+    only a process still alive after 3 s counts)."""
+
+    def alive() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["uids", "status"]):
+            if process.info["uids"] and process.info["uids"].real == uid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        return found
+
+    deadline = time.monotonic() + 3.0
+    left = alive()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = alive()
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    return len(left)
+
+
 def _run_worker(job: dict, limits: Limits) -> str | None:
-    """Run the worker; return "time limit" / "memory limit" if it had to be stopped."""
-    job_file = Path(job["workdir"]).parent / "job.json"
+    """Run the worker; return "time limit" / "memory limit" / "process limit" if it had to be stopped.
+
+    The watchdog here sums the resident memory and counts the processes of the worker's whole
+    tree (the sandboxed kernel and everything it started: the PID namespace keeps them all
+    children of the sandbox), every 50 ms; the sandbox's own limits (RLIMIT_NPROC, RLIMIT_AS, tmpfs
+    sizes) stop what is too fast for a watchdog.
+    """
+    job_dir = Path(job["results"]).parent
+    job_file = job_dir / "job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
-    log = open(Path(job["workdir"]).parent / "worker.log", "w")
+    log = open(job_dir / "worker.log", "w")
     worker = subprocess.Popen([sys.executable, "-m", "olm_edu.grader.worker", str(job_file)],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     process = psutil.Process(worker.pid)
@@ -162,10 +221,13 @@ def _run_worker(job: dict, limits: Limits) -> str | None:
     stopped = None
     try:
         while worker.poll() is None:
+            members = _tree(process)
             if time.monotonic() > deadline:
                 stopped = "time limit"
-            elif _tree_rss(process) > limits.memory_mb * 2**20:
+            elif _tree_rss(members) > limits.memory_mb * 2**20:
                 stopped = "memory limit"
+            elif len(members) > limits.processes + 8:  # the worker, bwrap, its init and the kernel
+                stopped = "process limit"
             if stopped:
                 _kill_tree(process)
                 break
@@ -174,6 +236,8 @@ def _run_worker(job: dict, limits: Limits) -> str | None:
         if worker.poll() is None:
             _kill_tree(process)
         log.close()
+        if job["sandbox"] and os.geteuid() == 0:
+            job["leftover_processes"] = _kill_user(sandbox_uid(worker.pid))
     return stopped
 
 
@@ -212,7 +276,7 @@ def _score(result: SubmissionResult, exercises: list[Exercise], checks: dict, mi
 
 
 def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits: Limits,
-              snapshot: dict[Path, bytes]) -> SubmissionResult:
+              snapshot: dict[Path, bytes], sandbox: bool = True) -> SubmissionResult:
     """Grade one submitted notebook (see the module docstring for the steps)."""
     result = SubmissionResult(student, str(path))
     exercises = exercises_of(solution)
@@ -228,12 +292,15 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
     result.findings = [str(finding) for finding in graded.findings]
     seed = int(hashlib.sha256(f"{student}/{path.stem}".encode()).hexdigest()[:8], 16)
     with tempfile.TemporaryDirectory(prefix="olm-edu-grade-") as scratch:
-        workdir = Path(scratch, "work")
+        workdir, channel = Path(scratch, "work"), Path(scratch, "channel")
         workdir.mkdir()
+        channel.mkdir()
         notebook_file = Path(scratch, "graded.ipynb")
         nbformat.write(graded.notebook, notebook_file)
-        job = {"notebook": str(notebook_file), "workdir": str(workdir), "results": str(Path(scratch, "results.jsonl")),
-               "token": token, "seed": seed, "cell_timeout": limits.cell_seconds}
+        job = {"notebook": str(notebook_file), "workdir": str(workdir), "channel": str(channel),
+               "results": str(Path(scratch, "results.jsonl")), "token": token, "seed": seed,
+               "cell_timeout": limits.cell_seconds, "sandbox": sandbox, "sandbox_limits": asdict(limits.sandbox_limits()),
+               "judged_here": sorted(graded.check_sources), "check_sources": graded.check_sources}
         stopped = _run_worker(job, limits)
         checks, answer_errors, end = _read_results(Path(job["results"]))
         log_file = Path(scratch, "worker.log")
@@ -243,6 +310,8 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
         result.status, result.detail = stopped, f"the notebook ran longer than {limits.notebook_seconds:g} s and was stopped"
     elif stopped == "memory limit":
         result.status, result.detail = stopped, f"the notebook used more than {limits.memory_mb} MB of memory and was stopped"
+    elif stopped == "process limit":
+        result.status, result.detail = stopped, f"the notebook started more than {limits.processes} processes and was stopped"
     elif end.get("end") == "kernel_died":
         result.status = "kernel died"
         result.detail = f"the Python process ended while running cell {end.get('cell', -1) + 1} of the graded notebook (e.g. os._exit or a crash)"
@@ -251,40 +320,132 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
         result.detail = end.get("detail") or f"the grading worker stopped without a result: {log}"
     if changed:
         result.status, result.detail = "modified course files", "restored: " + ", ".join(changed)
-    elif graded.findings and result.status == "graded":
-        result.status, result.detail = "flagged", "code that could tamper with the checks (listed below); not scored, ask your instructor"
-    scored = result.status not in ("flagged", "modified course files", "system error")
+    if job.get("leftover_processes"):
+        result.findings.append(f"{job['leftover_processes']} process(es) outlived the sandbox and were killed")
+    scored = result.status not in ("modified course files", "system error")
     _score(result, exercises, checks, graded.missing, graded.student_cells, scored, answer_errors)
     result.seconds = time.perf_counter() - start
     return result
 
 
+def _result_from_dict(record: dict) -> SubmissionResult:
+    exercises = [ExerciseResult(**e) for e in record.get("exercises", [])]
+    fields = {k: v for k, v in record.items() if k in SubmissionResult.__dataclass_fields__ and k != "exercises"}
+    return SubmissionResult(**fields, exercises=exercises)
+
+
+def _submission_key(solution: Path, student: str, path: Path) -> str:
+    """What makes a stored result reusable: the student, the exact bytes of the submission and of
+    the solution notebook (a changed lesson is graded again)."""
+    content = path.read_bytes() if path.is_file() else b""
+    return "/".join([student, hashlib.sha256(content).hexdigest(), hashlib.sha256(solution.read_bytes()).hexdigest()])
+
+
+def _finished(journal: Path) -> dict[str, SubmissionResult]:
+    """Results already in the journal of an interrupted run (system errors are graded again)."""
+    done = {}
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                result = _result_from_dict(record["result"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the interruption
+            if not result.system_error:
+                done[record["key"]] = result
+    return done
+
+
+def _name_students(files: list[Path], lesson_stem: str, names: dict[Path, str] | None = None
+                   ) -> tuple[list[tuple[Path, str]], list[SubmissionResult]]:
+    """(file, student) to grade, and a row for each extra file of a student seen twice: the first
+    file (in sorted order) is graded, the others are reported, and the run goes on."""
+    graded, duplicates, seen = [], [], {}
+    for path in files:
+        student = (names or {}).get(path) or student_name(path, lesson_stem)
+        if student in seen:
+            copy = 2
+            while f"{student}#{copy}" in seen:
+                copy += 1
+            seen[f"{student}#{copy}"] = path
+            duplicates.append(SubmissionResult(f"{student}#{copy}", str(path), status="duplicate",
+                                               detail=f"another submission of {student}; only {seen[student]} was graded"))
+        else:
+            seen[student] = path
+            graded.append((path, student))
+    return graded, duplicates
+
+
 def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | None = None,
-          limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None) -> list[SubmissionResult]:
+          limits: Limits = Limits(), progress: bool = True, protect: list[Path] | None = None,
+          sandbox: bool = True, jobs: int | None = None, resume: bool = True,
+          cluster: str | None = None, names: dict[Path, str] | None = None) -> list[SubmissionResult]:
     """Grade every notebook under `submissions` for `lesson`; write the reports into `out`.
 
-    `protect`: folders whose files a submission must not change (default: the olm_edu package
-    and the course's solutions/); any change is undone after the submission and reported.
+    `jobs`: submissions graded at once (default: the number of CPU cores), each in its own
+    worker and sandbox; the results do not depend on it. Each result is appended to
+    `out/journal.jsonl` as soon as it is known, so a run that is interrupted resumes where it
+    stopped (`resume=False` grades everything again). `cluster`: the address of a Dask
+    distributed scheduler; its workers grade the submissions, each in its own sandbox
+    (`olm_edu.grader.cluster`), and this machine writes the journal and the reports.
+    `names`: the student of each file, where the file's name or folder does not say it
+    (`course.grade_course` uses it for nbgrader's submitted/<student>/<assignment>/ layout).
+    `protect`: folders whose files a submission must not change, checked after each submission
+    (any change is undone and reported); by default none with the sandbox (which mounts them
+    read-only), the olm_edu package and the course's solutions/ without it.
     """
+    if sandbox:
+        problem = sandbox_problem()
+        if problem:
+            raise SandboxUnavailable(f"cannot grade safely: {problem}")
+    else:
+        warnings.warn("grading WITHOUT a sandbox: student code runs as you, can read solutions/ and other "
+                      "submissions, open network connections and change any file you can", stacklevel=2)
     course = Path(course) if course is not None else Path.cwd()
     solution_path = find_solution(course, lesson)
     solution = nbformat.read(solution_path, as_version=4)
     files = _submission_files([Path(p) for p in submissions])
     if not files:
         raise ValueError("no submitted notebooks (.ipynb) found in " + ", ".join(map(str, submissions)))
-    protect = protect if protect is not None else [Path(olm_edu.__file__).parent, course / "solutions"]
+    if protect is None:  # the sandbox mounts them read-only; without it, changes are undone and reported
+        protect = [] if sandbox else [Path(olm_edu.__file__).parent, course / "solutions"]
     snapshot = _snapshot([Path(p) for p in protect])
-    students = [student_name(path, solution_path.stem) for path in files]
-    duplicates = sorted({s for s in students if students.count(s) > 1})
-    if duplicates:
-        raise ValueError(f"several submissions map to the same student name: {', '.join(duplicates)}")
+    to_grade, duplicates = _name_students(files, solution_path.stem, names)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "journal.jsonl"
+    if not resume and journal.exists():
+        journal.unlink()
+    done = _finished(journal)
+    keys = {student: _submission_key(solution_path, student, path) for path, student in to_grade}
+    pending = [(path, student) for path, student in to_grade if keys[student] not in done]
+    by_student = {student: done[keys[student]] for _, student in to_grade if keys[student] in done}
+    jobs = max(1, jobs or os.cpu_count() or 1)
+
+    def finished() -> Iterator[SubmissionResult]:
+        if cluster is not None:
+            from olm_edu.grader.cluster import map_on_cluster
+
+            for record in map_on_cluster(cluster, pending, nbformat.writes(solution), asdict(limits), sandbox):
+                yield _result_from_dict(record)
+            return
+        # Threads are enough: each submission runs in its own worker process; a thread only waits for it.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(grade_one, path, solution, student, limits, snapshot, sandbox)
+                       for path, student in pending]
+            for future in as_completed(futures):
+                yield future.result()
+
     from tqdm.auto import tqdm
 
-    results = []
-    for path, student in tqdm(list(zip(files, students)), desc=f"grading {solution_path.stem}", unit="notebook",
-                              disable=not progress):
-        results.append(grade_one(path, solution, student, limits, snapshot))
-    out = Path(out)
+    with tqdm(total=len(to_grade), initial=len(to_grade) - len(pending), desc=f"grading {solution_path.stem}",
+              unit="notebook", disable=not progress) as bar, journal.open("a", encoding="utf-8") as log:
+        for result in finished():
+            by_student[result.student] = result
+            log.write(json.dumps({"key": keys[result.student], "result": asdict(result)}) + "\n")
+            log.flush()
+            bar.update(1)
+    results = [by_student[student] for _, student in to_grade] + duplicates
     if (out / "feedback").exists():
         shutil.rmtree(out / "feedback")  # re-running replaces the reports, never mixes old and new
     write_reports(results, exercises_of(solution), solution_path.stem, out)

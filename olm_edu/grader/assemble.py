@@ -26,7 +26,16 @@ import nbformat
 
 from olm_edu.grader.scan import Finding, scan_source
 
-__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble"]
+__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER"]
+
+# Check modules whose checks only call the learner's functions on data, so the grader's process can
+# run them against proxies (`remote`): nothing in the student's kernel can then change the verdict.
+# The others still run in the (sandboxed) kernel: they take the learner's nn.Module classes
+# (isinstance, parameters changed in place), need gradients through the learner's output (06, 16),
+# or pass objects that are not data (ModelConfig, torch.Generator, SimpleNamespace: 06, 07, 12, 19).
+# Each entry: its solution notebook scores full marks graded this way, and every wrong answer in
+# tests/wrong_answers gets the same verdict and message through proxies (tests/test_grader_remote.py).
+JUDGED_BY_GRADER = frozenset({"welcome", "tokens", "rope"})
 
 _CHECK_IMPORT = re.compile(r"^from olm_edu\.checks import (\w+) as check$", re.MULTILINE)
 
@@ -48,6 +57,8 @@ class GradedNotebook:
     missing: dict[str, str] = field(default_factory=dict)  # grade_id -> why it scores 0
     findings: list[Finding] = field(default_factory=list)
     student_cells: dict[str, int] = field(default_factory=dict)  # grade_id -> cell number in the submission
+    check_sources: dict[str, str] = field(default_factory=dict)  # check grade_id -> the instructor's source,
+    # for the checks the grader runs in its own process (never sent to the kernel)
 
 
 def _nbgrader(cell) -> dict:
@@ -104,6 +115,9 @@ def assemble(submission: nbformat.NotebookNode, solution: nbformat.NotebookNode,
 
     def check_cell(check_id: str):
         cell = copy.deepcopy(by_grade_id[check_id])
+        if module in JUDGED_BY_GRADER:  # self-contained: `check` is always the grader's own module
+            body = _CHECK_IMPORT.sub("", cell.source).strip("\n")
+            graded.check_sources[check_id] = f"from olm_edu.checks import {module} as check\n{body}\n"
         cell.source = trusted_check_source(cell.source, module, token)
         cell.outputs = []
         return cell

@@ -42,7 +42,8 @@ def feedback_html(result: "SubmissionResult", lesson: str) -> str:
     findings = ""
     if result.findings:
         items = "".join(f"<li>{html.escape(finding)}</li>" for finding in result.findings)
-        findings = f"<h2>Code flagged for review</h2><ul>{items}</ul>"
+        findings = (f"<h2>Code flagged for review</h2><p>Not counted against the score: shown so that your "
+                    f"instructor can look at it.</p><ul>{items}</ul>")
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(lesson)} — "
         f"{html.escape(result.student)}</title><style>{_STYLE}</style></head><body>"
@@ -59,10 +60,15 @@ def write_reports(results: list["SubmissionResult"], exercises: list["Exercise"]
     (out / "feedback").mkdir(exist_ok=True)
     with (out / "gradebook.csv").open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        writer.writerow(["student", *[e.grade_id for e in exercises], "total", "max_total", "status", "detail"])
+        writer.writerow(["student", *[e.grade_id for e in exercises], "total", "max_total", "status", "detail", "review"])
         for result in sorted(results, key=lambda r: r.student):
             points = {e.grade_id: _points(e.points) for e in result.exercises}
-            writer.writerow([result.student, *[points.get(e.grade_id, "0") for e in exercises],
-                             _points(result.total), _points(result.max_total), result.status, result.detail])
+            if result.status in ("system error", "duplicate"):  # not graded: blank, not 0; the reason is beside it
+                points, total = {}, ""
+            else:
+                points, total = {g: points.get(g, "0") for g in (e.grade_id for e in exercises)}, _points(result.total)
+            review = "; ".join(result.findings)[:1000]  # the scan's findings: advice for the instructor, not a score
+            writer.writerow([result.student, *[points.get(e.grade_id, "") for e in exercises],
+                             total, _points(sum(e.points for e in exercises)), result.status, result.detail, review])
     for result in results:
         (out / "feedback" / f"{result.student}.html").write_text(feedback_html(result, lesson), encoding="utf-8")

@@ -1,12 +1,11 @@
-"""Read a submission's code, without running it, for ways of cheating the checks.
+"""Read a submission's code, without running it, for constructs an instructor may want to review.
 
-The checks run in the same Python process as the student's code (they need the student's
-functions), so a submission could in principle rewrite them: monkeypatch `olm_edu.grading` or
-the reference functions in `torch`, rebind `check`, swallow exceptions, or fake the output.
-The grader defends in two layers: every check cell re-imports the check modules from disk
-before it runs, and this scan flags code that reaches for the machinery a solution to these
-exercises never needs. A flagged submission is not scored; its feedback says why, so an
-instructor can review it.
+This is advice, not a verdict. The grade is protected by the sandbox (`sandbox`: the student's
+code cannot touch the grader, the course or other submissions) and, for the lessons the grader
+judges in its own process (`remote`), by the check never running where the student's code runs.
+So a finding never costs points: it is listed in the gradebook's `review` column and on the
+student's feedback page, for the instructor to look at (a check judged in the kernel could still
+be fooled by code like this; the finding says where to look).
 
 What is flagged (each with the cell and line):
 - assigning or deleting an attribute of a module (`torch.softmax = ...`, `check.x = ...`);
@@ -19,7 +18,9 @@ What is flagged (each with the cell and line):
 - deleting or writing files, running processes (`os.remove`, `shutil.rmtree`, `subprocess`,
   `os.system`, `open(..., "w")` on a path outside the working folder).
 
-This is a tripwire, not a sandbox: the limits are stated in the README's Instructors section.
+- shell commands and cell magics (`!...`, `%%writefile`, `%system`).
+
+Honest code is flagged too (a getattr, a log file): hence advice, never a zero.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _FORBIDDEN_CALLS = {"setattr", "getattr", "delattr", "exec", "eval", "compile", 
                     "get_ipython", "breakpoint"}
 _FORBIDDEN_MODULES = ("olm_edu.grading", "olm_edu.checks", "olm_edu.grader", "builtins", "importlib", "inspect",
                       "ctypes", "gc", "unittest", "subprocess", "shutil", "signal")
-_FORBIDDEN_NAMES = {"In", "Out", "_ih", "_oh", "__builtins__", "_i", "_ii", "_iii"}
+_FORBIDDEN_NAMES = {"In", "Out", "_ih", "_oh", "__builtins__"}  # not _i: a common loop variable
 _FORBIDDEN_ATTRIBUTES = {("sys", "modules"), ("sys", "stdout"), ("sys", "stderr"), ("sys", "excepthook"),
                          ("os", "remove"), ("os", "unlink"), ("os", "rmdir"), ("os", "system"), ("os", "rename"),
                          ("os", "replace"), ("os", "removedirs"), ("os", "chdir"), ("os", "kill"), ("os", "_exit")}
@@ -148,11 +149,16 @@ def scan_source(source: str, cell: int, module_names: set[str] | None = None) ->
     """Findings in one cell's code. `module_names` carries import aliases across cells."""
     names = module_names if module_names is not None else set()
     names.update({"torch", "F", "nn", "np", "olm_edu", "os", "sys", "math", "regex", "re", "check"})
-    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    shell = [Finding(cell, number, f"runs a shell command or a cell magic: {line.strip()[:80]}")
+             for number, line in enumerate(source.splitlines(), start=1)
+             if line.lstrip().startswith(("!", "%%", "%system", "%sx", "%run", "%load"))]
+    if source.lstrip().startswith("%%"):
+        return shell  # a cell magic: the rest of the cell is not Python
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]  # keep numbering
     try:
         tree = ast.parse("\n".join(lines))
     except SyntaxError:
-        return []  # the cell will fail to run; that is the student's error, not cheating
+        return shell  # the cell will fail to run; that is the student's error, not cheating
     scanner = _Scanner(cell, names)
     scanner.visit(tree)
-    return scanner.findings
+    return shell + scanner.findings

@@ -1,0 +1,148 @@
+"""Values that cross between the grader and the student's kernel: JSON plus safetensors, never pickle.
+
+A value is encoded as a JSON tree whose leaves are tagged; tensors go into one safetensors file
+and the tree names them by key. What is data crosses as data: None, bool, int, float (NaN and
+inf included), str, bytes, tuples, lists, dicts (keys of any encodable kind), torch tensors of
+any real or complex dtype (as a detached copy; `requires_grad` is not kept), torch dtypes and
+sizes, numpy arrays (as tensors). Subclasses of list, tuple and dict (Counter, defaultdict, a
+namedtuple) arrive as the plain kind: a check sees their items, not their type. Anything else (a function, a class, a module instance) stays
+where it lives: the side that has it keeps it in a table and sends a *handle* ({"t": "handle"}),
+which the other side turns into a proxy (`remote.RemoteObject`). The grader never sends a handle
+of its own objects: what it cannot encode as data it refuses to send.
+
+Decoding never runs code: the JSON parser and safetensors' own header parser read the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["encode", "decode", "write_message", "read_message", "NotData", "MAX_MESSAGE_BYTES"]
+
+MAX_MESSAGE_BYTES = 512 * 2**20  # a larger answer is refused, not read
+
+
+class NotData(TypeError):
+    """The value is not data and the encoding side may not send handles."""
+
+
+def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], int] | None = None) -> Any:
+    """`value` as a JSON tree; tensors are added to `tensors`; `keep(obj) -> handle id` for the rest."""
+    if value is None or isinstance(value, (bool, str)):
+        return {"t": "v", "v": value}
+    if isinstance(value, int):
+        return {"t": "int", "v": str(int(value))}  # str: JSON numbers lose precision past 2**53
+    if isinstance(value, float):
+        return {"t": "float", "v": repr(float(value))}
+    if isinstance(value, complex):
+        return {"t": "complex", "v": [repr(value.real), repr(value.imag)]}
+    if isinstance(value, (bytes, bytearray)):
+        return {"t": "bytes", "v": bytes(value).hex()}
+    if isinstance(value, torch.dtype):
+        return {"t": "dtype", "v": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.Size):
+        return {"t": "size", "v": list(value)}
+    if isinstance(value, torch.Tensor):
+        return _encode_tensor(value, tensors)
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        if getattr(value, "shape", None) == ():
+            return encode(value.item(), tensors, keep)
+        return _encode_tensor(torch.from_numpy(value.copy()), tensors)
+    if isinstance(value, (tuple, list)):  # subclasses (a namedtuple) arrive as the plain kind
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        return {"t": kind, "v": [encode(item, tensors, keep) for item in value]}
+    if isinstance(value, dict):  # Counter, defaultdict, OrderedDict arrive as a plain dict
+        return {"t": "dict", "v": [[encode(k, tensors, keep), encode(v, tensors, keep)] for k, v in value.items()]}
+    if keep is None:
+        raise NotData(f"{type(value).__name__} is not data (tensors, numbers, strings, lists, tuples, dicts)")
+    return {"t": "handle", "v": keep(value), "what": _describe(value)}
+
+
+def _encode_tensor(tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
+    key = f"t{len(tensors)}"
+    copy = tensor.detach().cpu().clone().contiguous()
+    kind = "tensor"
+    if copy.is_complex():
+        copy, kind = torch.view_as_real(copy).clone(), "complex_tensor"
+    tensors[key] = copy
+    return {"t": kind, "v": key, "parameter": isinstance(tensor, torch.nn.Parameter)}
+
+
+def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, str], Any] | None = None) -> Any:
+    """The value a JSON tree from `encode` stands for; `handle(id, what)` makes a proxy."""
+    if not isinstance(node, dict) or "t" not in node:
+        raise ValueError(f"malformed message node {str(node)[:80]}")
+    kind, value = node["t"], node.get("v")
+    if kind == "v":
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        raise ValueError("malformed plain value")
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "complex":
+        return complex(float(value[0]), float(value[1]))
+    if kind == "bytes":
+        return bytes.fromhex(value)
+    if kind == "dtype":
+        dtype = getattr(torch, str(value), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {value!r}")
+        return dtype
+    if kind == "size":
+        return torch.Size(int(v) for v in value)
+    if kind in ("tensor", "complex_tensor"):
+        tensor = tensors[str(value)]
+        if kind == "complex_tensor":
+            tensor = torch.view_as_complex(tensor.contiguous())
+        return torch.nn.Parameter(tensor, requires_grad=False) if node.get("parameter") else tensor
+    if kind in ("list", "tuple"):
+        items = [decode(item, tensors, handle) for item in value]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict":
+        return {decode(k, tensors, handle): decode(v, tensors, handle) for k, v in value}
+    if kind == "handle":
+        if handle is None:
+            raise ValueError("a handle where only data is accepted")
+        return handle(int(value), str(node.get("what", "object"))[:200])
+    raise ValueError(f"unknown message node type {kind!r}")
+
+
+def _describe(value: Any) -> str:
+    kind = type(value)
+    name = getattr(value, "__name__", None)
+    return f"{kind.__name__} {name}" if isinstance(name, str) else kind.__name__
+
+
+def write_message(folder: Path, stem: str, message: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """folder/stem.safetensors, then folder/stem.json (written last: its presence means complete)."""
+    if tensors:
+        save_file(tensors, str(folder / f"{stem}.safetensors"))
+        (folder / f"{stem}.safetensors").chmod(0o644)  # safetensors writes 0600; the other side runs as another user
+    text = json.dumps({**message, "has_tensors": bool(tensors)}, allow_nan=False)
+    partial = folder / f"{stem}.json.partial"
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(folder / f"{stem}.json")
+
+
+def read_message(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(message, tensors) written by `write_message`, or None when there is none."""
+    path = folder / f"{stem}.json"
+    if not path.is_file():
+        return None
+    tensor_file = folder / f"{stem}.safetensors"
+    sizes = path.stat().st_size + (tensor_file.stat().st_size if tensor_file.exists() else 0)
+    if sizes > MAX_MESSAGE_BYTES:
+        raise ValueError(f"the answer is {sizes / 2**20:.0f} MB, more than {MAX_MESSAGE_BYTES // 2**20} MB")
+    message = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(message, dict):
+        raise ValueError("malformed message")
+    tensors = load_file(str(tensor_file)) if message.get("has_tensors") and tensor_file.exists() else {}
+    return message, tensors
+
