@@ -49,7 +49,8 @@ PARTS: list[tuple[str, int, int]] = [
     ("Part 0 — Start here", 0, 0),
     ("Part I — GPT-2 from scratch", 1, 8),
     ("Part II — Knob by knob to modern LLMs", 9, 19),
-    ("Part III — The 2025 releases", 20, 99),
+    ("Part III — The 2025 releases", 20, 24),
+    ("Part IV — Beyond one device", 25, 99),
 ]
 FRONT_MATTER = "intro"  # book/intro.md, the landing page
 BACK_MATTER: list[str] = ["glossary", "api"]  # book/glossary.md, book/api.md, under "Reference"
