@@ -42,15 +42,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import nbformat
 import psutil
 
 import olm_edu
 from olm_edu.grader.assemble import Exercise, assemble, exercises_of
 from olm_edu.grader.report import write_reports
 from olm_edu.grader.sandbox import SandboxLimits, SandboxUnavailable, sandbox_problem, sandbox_uid
+
+if TYPE_CHECKING:  # imported where used: the student's kernel imports this package (for `kernel_side`)
+    import nbformat  # and must not pay for nbformat's schema validators (~2 s of CPU per submission)
 
 __all__ = ["Limits", "ExerciseResult", "SubmissionResult", "grade", "find_solution", "student_name"]
 
@@ -278,6 +280,8 @@ def _score(result: SubmissionResult, exercises: list[Exercise], checks: dict, mi
 def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits: Limits,
               snapshot: dict[Path, bytes], sandbox: bool = True) -> SubmissionResult:
     """Grade one submitted notebook (see the module docstring for the steps)."""
+    import nbformat
+
     result = SubmissionResult(student, str(path))
     exercises = exercises_of(solution)
     start = time.perf_counter()
@@ -401,6 +405,8 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     else:
         warnings.warn("grading WITHOUT a sandbox: student code runs as you, can read solutions/ and other "
                       "submissions, open network connections and change any file you can", stacklevel=2)
+    import nbformat
+
     course = Path(course) if course is not None else Path.cwd()
     solution_path = find_solution(course, lesson)
     solution = nbformat.read(solution_path, as_version=4)

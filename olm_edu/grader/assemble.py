@@ -21,10 +21,12 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-
-import nbformat
+from typing import TYPE_CHECKING
 
 from olm_edu.grader.scan import Finding, scan_source
+
+if TYPE_CHECKING:  # imported where used, so that the kernel's `import olm_edu.grader.kernel_side` stays light
+    import nbformat
 
 __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER"]
 
@@ -106,6 +108,8 @@ def trusted_check_source(check_source: str, module: str, token: str) -> str:
 
 def assemble(submission: nbformat.NotebookNode, solution: nbformat.NotebookNode, token: str) -> GradedNotebook:
     """The notebook to run for `submission`, and what is missing or suspicious in it."""
+    import nbformat
+
     exercises = exercises_of(solution)
     module = _check_module(solution)
     by_grade_id = {_nbgrader(c)["grade_id"]: c for c in solution.cells if _nbgrader(c).get("grade_id")}

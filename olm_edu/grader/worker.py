@@ -29,6 +29,12 @@ import os
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":
+    # nbformat's validator imports jsonschema, which imports rfc3987_syntax where it is installed;
+    # that builds a grammar at import time, ~2 s of CPU in every worker. Its IRI formats never
+    # occur in a notebook's schema, so this process (one per submission, ours) goes without.
+    sys.modules.setdefault("rfc3987_syntax", None)
+
 import nbformat
 from jupyter_core.utils import run_sync
 from jupyter_client.manager import AsyncKernelManager
