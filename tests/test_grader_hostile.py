@@ -239,3 +239,97 @@ def test_limits_stop_the_storms(hostile):
     assert "Resource temporarily unavailable" in hostile["results"]["fork_storm"].exercises[0].message \
         or hostile["results"]["fork_storm"].status == "process limit"
     assert hostile["results"]["disk_filler"].exercises[0].message.startswith("your answer cell itself failed: OSError")
+
+
+# -- checks judged in the grader's process, one lesson per group of the course ---------------------------
+# A lesson cut down to one exercise (its check module imported, the definitions of the cells before
+# it, the answer cell, the check cell), handed in twice: with the solution, and with a wrong answer
+# followed by a cell that monkeypatches everything a check in the kernel would lean on (torch's
+# comparisons, the check module, and an import hook that serves fake checks to every re-import: the
+# last is enough to pass a check run in the kernel). The patched kernel must not gain a point: the
+# check runs in the grader, which computes the references itself.
+JUDGED_GROUPS = {"part 1 (03 attention)": ("attention", "scaled_dot_product"),
+                 "part 2 (17 deepseek)": ("deepseek", "deepseek_route"),
+                 "part 3 (20 gpt-oss)": ("gpt_oss", "sink_softmax"),
+                 "part 4 (26 training recipe)": ("recipe", "newton_schulz")}
+
+PATCH_EVERYTHING = """\
+import sys, torch, olm_edu.grading
+always = lambda *args, **kwargs: True
+torch.allclose = torch.equal = torch.Tensor.allclose = torch.Tensor.equal = always
+torch.isclose = lambda a, b, *args, **kwargs: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)
+torch.testing.assert_close = lambda *args, **kwargs: None
+olm_edu.grading.CheckFailed = type("NeverRaised", (Exception,), {})
+for name in [n for n in sys.modules if n.startswith("olm_edu.checks.")]:
+    for attribute, value in list(vars(sys.modules[name]).items()):
+        if callable(value) and not attribute.startswith("_"):
+            setattr(sys.modules[name], attribute, lambda *args, **kwargs: print("✅ all checks passed"))
+check.{function} = lambda *args, **kwargs: print("✅ all checks passed")
+import importlib.abc, importlib.util, types
+class FakeChecks(importlib.abc.MetaPathFinder, importlib.abc.Loader):  # serves every re-import of the checks
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name.startswith("olm_edu.checks.") else None
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__getattr__ = lambda attribute: (lambda *args, **kwargs: print("✅ all checks passed"))
+        return module
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, FakeChecks())
+"""
+
+
+def _one_exercise_lesson(module: str, function: str):
+    """(the cut-down solution notebook, its answer grade_id, the answer's first wrong answer and fragment)."""
+    from test_grader_remote import LESSONS, _exercises
+    from tests.wrong_answers import WRONG_ANSWERS
+
+    solution = nbformat.read(LESSONS[module], as_version=4)
+    by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in solution.cells}
+    _, _, answer, _, before = next(e for e in _exercises(LESSONS[module]) if e[0] == function)
+    check_id = next(c.metadata["nbgrader"]["grade_id"] for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade")
+                    and f"check.{function}(" in c.source)
+    setup = nbformat.v4.new_code_cell(f"{before}\nfrom olm_edu.checks import {module} as check\n")
+    title = nbformat.v4.new_markdown_cell(f"## Exercise 1 — {function} ({by_id[check_id].metadata['nbgrader']['points']} points)")
+    solution.cells = [setup, title, by_id[answer], by_id[check_id]]
+    wrong, fragment = WRONG_ANSWERS[LESSONS[module].name][answer][0]
+    return solution, answer, wrong, fragment
+
+
+@pytest.fixture(scope="module")
+def judged_groups(tmp_path_factory):
+    base = tmp_path_factory.mktemp("judged")
+    outcome = {}
+    for group, (module, function) in JUDGED_GROUPS.items():
+        solution, answer, wrong, fragment = _one_exercise_lesson(module, function)
+        course, folder = base / module / "course", base / module / "in"
+        (course / "solutions").mkdir(parents=True)
+        folder.mkdir()
+        nbformat.write(solution, course / "solutions" / LESSONS_FILE(module))
+        nbformat.write(solution, folder / "honest.ipynb")
+        patched = nbformat.from_dict(solution)
+        patched.cells[2].source = wrong
+        patched.cells.insert(3, nbformat.v4.new_code_cell(PATCH_EVERYTHING.replace("{function}", function)))
+        nbformat.write(patched, folder / "patched.ipynb")
+        results = grade([folder], LESSONS_FILE(module)[:2], base / module / "out", course=course, limits=JUDGED_LIMITS,
+                        progress=False)
+        outcome[group] = ({r.student: r for r in results}, fragment)
+    return outcome
+
+
+JUDGED_LIMITS = Limits(notebook_seconds=600, cell_seconds=120, memory_mb=1500)
+
+
+def LESSONS_FILE(module: str) -> str:  # noqa: N802 (a table lookup)
+    from test_grader_remote import LESSONS
+
+    return LESSONS[module].name
+
+
+@pytest.mark.parametrize("group", JUDGED_GROUPS)
+def test_monkeypatching_the_kernel_cannot_change_a_grade_judged_by_the_grader(judged_groups, group):
+    results, fragment = judged_groups[group]
+    honest, patched = results["honest"], results["patched"]
+    assert honest.status == "graded" and honest.total == honest.max_total > 0, [e.message for e in honest.exercises]
+    assert (patched.status, patched.total) == ("graded", 0), [e.message for e in patched.exercises]
+    assert fragment in patched.exercises[0].message and "all checks passed" not in patched.exercises[0].message

@@ -99,64 +99,109 @@ def test_an_unsolved_stub_reads_as_not_done_yet(proxy, capsys):
     assert "not implemented yet" in capsys.readouterr().out
 
 
-def _check_calls(lesson: str) -> dict[str, tuple[str, list[str]]]:
-    """answer grade_id -> (check function, the notebook names it is given), from the solution."""
+def _lessons_by_check_module() -> dict[str, Path]:
+    """check module name -> its solution notebook."""
+    import re
+
+    found = {}
+    for path in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")):
+        match = re.search(r"from olm_edu\.checks import (\w+) as check", path.read_text(encoding="utf-8"))
+        if match:
+            found[match.group(1)] = path
+    return found
+
+
+def _definitions(source: str) -> str:
+    """The imports, functions and classes a cell defines (not what it runs: plots, training loops)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython syntax (magics)
+        return ""
+    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+            and not (isinstance(node, ast.ImportFrom) and node.module == "olm_edu.checks")]
+    return ast.unparse(ast.Module(kept, []))
+
+
+def _exercises(lesson: Path):
+    """(check function, notebook names it is given, answer grade_id, the solution's answer source, the
+    definitions of the cells before it) for each exercise of a solution notebook."""
     import ast
 
     import nbformat
 
-    nb = nbformat.read(ROOT / "solutions" / lesson, as_version=4)
-    calls, answer = {}, None
+    nb = nbformat.read(lesson, as_version=4)
+    before, answer, answer_source = "", None, ""
     for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("solution"):
-            answer = meta["grade_id"]
+            answer, answer_source = meta["grade_id"], cell.source
         elif meta.get("grade"):
             call = next(node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Call)
                         and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "check")
-            calls[answer] = (call.func.attr, [arg.id for arg in call.args])
-    return calls
+            yield call.func.attr, [arg.id for arg in call.args], answer, answer_source, before
+            before += "\n" + _definitions(answer_source)
+            continue
+        before += "\n" + _definitions(cell.source)
 
 
-JUDGED_LESSONS = {"welcome": "00_welcome.ipynb", "tokens": "01_tokens.ipynb", "rope": "10_rope.ipynb"}
+LESSONS = _lessons_by_check_module()
 
 
-def test_every_module_judged_by_the_grader_is_listed_here():
+def test_every_check_judged_by_the_grader_exists_and_is_called_by_its_lesson():
     from olm_edu.grader.assemble import JUDGED_BY_GRADER
 
-    assert set(JUDGED_BY_GRADER) == set(JUDGED_LESSONS)
+    for module, names in JUDGED_BY_GRADER.items():
+        called = {function for function, *_ in _exercises(LESSONS[module])}
+        assert names <= called, (module, names - called)
 
 
-@pytest.mark.parametrize("module", sorted(JUDGED_LESSONS))
-def test_wrong_answers_get_the_same_verdict_through_proxies(module, proxy):
-    """Each wrong answer of tests/wrong_answers, defined on its own (with torch and math), is
-    judged directly and through proxies: both must fail, with the same message."""
+def _verdict(check_function, objects) -> str:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            check_function(*objects, hidden=True, seed=11)
+            return "passed"
+        except (CheckFailed, NotImplementedError) as error:
+            return f"{type(error).__name__}: {error}"
+
+
+@pytest.mark.parametrize("module", sorted(__import__("olm_edu.grader.assemble", fromlist=["x"]).JUDGED_BY_GRADER))
+def test_judged_checks_give_the_same_verdicts_through_proxies(module, proxy):
+    """For every check the grader judges in its own process: the solution's answer (with the
+    definitions of the cells before it) passes directly and through proxies, and every answer of
+    tests/wrong_answers (wrong ones and correct alternatives) gets the same verdict, with the same
+    message, both ways; the wrong ones fail with their expected diagnosis."""
     import importlib
 
-    from tests.wrong_answers import WRONG_ANSWERS
+    from olm_edu.grader.assemble import JUDGED_BY_GRADER
+    from tests.wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
     check_module = importlib.import_module(f"olm_edu.checks.{module}")
-    lesson = JUDGED_LESSONS[module]
-    compared = 0
-    for answer, (function, names) in _check_calls(lesson).items():
-        for source, fragment in WRONG_ANSWERS[lesson][answer]:
-            namespace = {"torch": torch, "math": math, "F": torch.nn.functional}
+    lesson = LESSONS[module]
+    for function, names, answer, solution_source, before in _exercises(lesson):
+        if function not in JUDGED_BY_GRADER[module]:
+            continue
+        answers = [(solution_source, "passed")] + [(source, "passed") for source in CORRECT_ANSWERS.get(lesson.name, {}).get(answer, [])]
+        answers += WRONG_ANSWERS[lesson.name][answer]
+        compared = 0
+        for source, expected in answers:
+            namespace = {"__name__": "notebook"}
             try:
+                exec(before, namespace)
                 exec(source, namespace)
                 objects = [namespace[name] for name in names]
             except Exception:
-                continue  # the answer needs earlier cells of its notebook
-            outcomes = []
-            for given in (objects, [proxy(o) for o in objects]):
-                try:
-                    getattr(check_module, function)(*given, hidden=True, seed=11)
-                    outcomes.append("passed")
-                except (CheckFailed, NotImplementedError) as error:
-                    outcomes.append(str(error))
-            if "NameError" in outcomes[0]:
-                continue  # it used a name from an earlier cell
-            assert outcomes[0] != "passed" and fragment in outcomes[0], (answer, source)
-            assert outcomes[1] == outcomes[0], (answer, source)
+                assert source != solution_source, f"{lesson.name} {answer}: the solution must run on its own here"
+                continue  # this wrong answer needs a cell that runs code, not only definitions
+            direct = _verdict(getattr(check_module, function), objects)
+            remote = _verdict(getattr(check_module, function), [proxy(o) for o in objects])
+            assert remote == direct, (answer, source)
+            assert (direct == "passed") if expected == "passed" else (expected in direct), (answer, source, direct)
             compared += 1
-    print(f"{lesson}: {compared} wrong answers compared")
-    assert compared >= 3, f"too few wrong answers of {lesson} could be compared ({compared})"
+        assert compared >= 3, f"{lesson.name} {answer}: only {compared} answers could be compared"

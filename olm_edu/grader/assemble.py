@@ -28,16 +28,60 @@ from olm_edu.grader.scan import Finding, scan_source
 if TYPE_CHECKING:  # imported where used, so that the kernel's `import olm_edu.grader.kernel_side` stays light
     import nbformat
 
-__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER"]
+__all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER", "judged_by_grader"]
 
-# Check modules whose checks only call the learner's functions on data, so the grader's process can
-# run them against proxies (`remote`): nothing in the student's kernel can then change the verdict.
-# The others still run in the (sandboxed) kernel: they take the learner's nn.Module classes
-# (isinstance, parameters changed in place), need gradients through the learner's output (06, 16),
-# or pass objects that are not data (ModelConfig, torch.Generator, SimpleNamespace: 06, 07, 12, 19).
-# Each entry: its solution notebook scores full marks graded this way, and every wrong answer in
-# tests/wrong_answers gets the same verdict and message through proxies (tests/test_grader_remote.py).
-JUDGED_BY_GRADER = frozenset({"welcome", "tokens", "rope"})
+# The checks the grader judges in its own process (`remote`), by check module: each calls the
+# learner's functions on data (tensors, numbers, lists, dicts) and judges what comes back, so
+# nothing in the student's kernel can change its verdict. A check cell is judged here when every
+# `check.<name>(...)` it calls is listed; the others run in the (sandboxed) kernel, hardened by
+# `trusted_check_source`. Those are the checks that need what a proxy cannot carry:
+# - the learner's nn.Module classes (isinstance, parameters, state_dict, modules changed in place):
+#   02 token_and_position, 03 multi_head, 04 layer_norm, mlp, block, 05 gpt2, init, 09 rms_norm,
+#   11 swiglu, geglu, 13 decoder_layer, llama, convert_state_dict, 14 qk_norm_attention;
+# - gradients through the learner's output (`requires_grad` does not cross): 06 cross_entropy,
+#   14 z_loss, softcap, 16 route, moe_forward, load_balancing_loss, router_z_loss, 15 gemma2_layer;
+# - arguments that are not data (ModelConfig, torch.Generator, objects with methods): 06 get_batch,
+#   12 kv_cache_size, 15 windowed_kv_cache_bytes, rolling_update, 17 mla_cache_bytes,
+#   18 matched_hidden_dim, seed_summary, 19 (all three), 20 card_bytes, 25 average_gradients,
+#   accumulate_gradients, 26 split_parameters, 07 attend_with_cache;
+# - a tensor's memory layout (tensors cross as contiguous copies; 12 repeat_kv checks that a
+#   non-contiguous input is handled), and an instrumented input (02 one_hot_lookup detects reading
+#   rows of the weight by indexing, which a copy hides).
+# Each entry is tested (tests/test_grader_remote.py): the solution passes through proxies, every
+# answer of tests/wrong_answers gets the same verdict and message through proxies as directly, and
+# a sandboxed run per lesson group shows that monkeypatching the kernel does not change the grade.
+JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
+    "welcome": frozenset({"softmax"}),
+    "tokens": frozenset({"pair_counts", "merge", "train", "encode_decode"}),
+    "embeddings": frozenset({"sinusoidal"}),
+    "attention": frozenset({"scaled_dot_product", "causal_mask"}),
+    "block": frozenset({"gelu_tanh"}),
+    "gpt2": frozenset({"param_count"}),
+    "training": frozenset({"bigram_log_probs", "lr_schedule"}),
+    "generation": frozenset({"top_k", "top_p"}),
+    "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
+    "rmsnorm": frozenset({"llama_rms_norm", "gemma_rms_norm"}),
+    "rope": frozenset({"rope_frequencies", "apply_rope", "apply_rope_interleaved", "interleaved_to_half",
+                       "llama3_frequencies"}),
+    "gated_ffn": frozenset({"gated_hidden_dim"}),
+    "gqa": frozenset({"grouped_query_attention"}),
+    "llama": frozenset({"param_count"}),
+    "windows": frozenset({"sliding_window_mask"}),
+    "deepseek": frozenset({"latent_attention", "deepseek_route", "update_selection_bias"}),
+    "ablation": frozenset({"real_differences", "tokens_per_second"}),
+    "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts"}),
+    "distributed": frozenset({"training_bytes"}),
+    "recipe": frozenset({"newton_schulz", "wsd_schedule"}),
+}
+
+_CHECK_CALL = re.compile(r"\bcheck\.(\w+)\(")
+
+
+def judged_by_grader(module: str, check_source: str) -> bool:
+    """Whether the check cell `check_source` of check module `module` is judged in the grader's process."""
+    called = set(_CHECK_CALL.findall(check_source))
+    return bool(called) and called <= JUDGED_BY_GRADER.get(module, frozenset())
+
 
 _CHECK_IMPORT = re.compile(r"^from olm_edu\.checks import (\w+) as check$", re.MULTILINE)
 
@@ -119,7 +163,7 @@ def assemble(submission: nbformat.NotebookNode, solution: nbformat.NotebookNode,
 
     def check_cell(check_id: str):
         cell = copy.deepcopy(by_grade_id[check_id])
-        if module in JUDGED_BY_GRADER:  # self-contained: `check` is always the grader's own module
+        if judged_by_grader(module, cell.source):  # self-contained: `check` is always the grader's own module
             body = _CHECK_IMPORT.sub("", cell.source).strip("\n")
             graded.check_sources[check_id] = f"from olm_edu.checks import {module} as check\n{body}\n"
         cell.source = trusted_check_source(cell.source, module, token)
