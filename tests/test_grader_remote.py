@@ -15,6 +15,7 @@ import torch
 
 from olm_edu.checks import welcome
 from olm_edu.grader import kernel_side
+from olm_edu.grader.assemble import JUDGED_BY_GRADER
 from olm_edu.grader.codec import NotData, decode, encode
 from olm_edu.grader.remote import Kernel, RemoteObject
 from olm_edu.grading import CheckFailed
@@ -152,8 +153,6 @@ LESSONS = _lessons_by_check_module()
 
 
 def test_every_check_judged_by_the_grader_exists_and_is_called_by_its_lesson():
-    from olm_edu.grader.assemble import JUDGED_BY_GRADER
-
     for module, names in JUDGED_BY_GRADER.items():
         called = {function for function, *_ in _exercises(LESSONS[module])}
         assert names <= called, (module, names - called)
@@ -171,7 +170,7 @@ def _verdict(check_function, objects) -> str:
             return f"{type(error).__name__}: {error}"
 
 
-@pytest.mark.parametrize("module", sorted(__import__("olm_edu.grader.assemble", fromlist=["x"]).JUDGED_BY_GRADER))
+@pytest.mark.parametrize("module", sorted(JUDGED_BY_GRADER))
 def test_judged_checks_give_the_same_verdicts_through_proxies(module, proxy):
     """For every check the grader judges in its own process: the solution's answer (with the
     definitions of the cells before it) passes directly and through proxies, and every answer of
@@ -179,7 +178,6 @@ def test_judged_checks_give_the_same_verdicts_through_proxies(module, proxy):
     message, both ways; the wrong ones fail with their expected diagnosis."""
     import importlib
 
-    from olm_edu.grader.assemble import JUDGED_BY_GRADER
     from tests.wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
     check_module = importlib.import_module(f"olm_edu.checks.{module}")
@@ -205,3 +203,13 @@ def test_judged_checks_give_the_same_verdicts_through_proxies(module, proxy):
             assert (direct == "passed") if expected == "passed" else (expected in direct), (answer, source, direct)
             compared += 1
         assert compared >= 3, f"{lesson.name} {answer}: only {compared} answers could be compared"
+
+
+def test_a_check_cell_is_judged_by_the_grader_only_when_every_check_it_calls_is_listed():
+    from olm_edu.grader.assemble import judged_by_grader
+
+    assert judged_by_grader("embeddings", "check.sinusoidal(sinusoidal_positions)\ncheck.sinusoidal(s, hidden=True)\n")
+    assert not judged_by_grader("embeddings", "check.one_hot_lookup(one_hot, embed_one_hot)\n")
+    assert not judged_by_grader("embeddings", "check.sinusoidal(s)\ncheck.token_and_position(GPTEmbedding)\n")
+    assert not judged_by_grader("no_such_module", "check.softmax(softmax)\n")
+    assert not judged_by_grader("welcome", "print('no check called')\n")
