@@ -58,13 +58,24 @@ def diff(cfg_a: ModelConfig, cfg_b: ModelConfig) -> list[KnobChange]:
     return changes
 
 
+def _runs(kinds: list[str]) -> str:
+    return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(kinds))
+
+
 def _format_layer_types(types: tuple[str, ...]) -> str:
-    """A short form: "[sliding, full] x 21" for a repeating pattern, else runs "full x 20, sliding x 8"."""
+    """A short form: "[sliding, full] x 21" for a repeating pattern; a longer period that does not
+    fill the stack (Gemma 3's 62 layers, five local per global) as "[sliding x 5, full x 1] x 10,
+    sliding x 2"; else runs "full x 20, sliding x 8"."""
     short = [kind.removesuffix("_attention") for kind in types]
     for period in range(1, 5):
         if len(short) % period == 0 and short == short[:period] * (len(short) // period):
             return f"[{', '.join(short[:period])}] x {len(short) // period}"
-    return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short))
+    for period in range(2, 9):
+        repeats = len(short) // period
+        if repeats >= 2 and short == (short[:period] * (repeats + 1))[: len(short)]:
+            rest = short[period * repeats :]
+            return f"[{_runs(short[:period])}] x {repeats}" + (f", {_runs(rest)}" if rest else "")
+    return _runs(short)
 
 
 def format_value(value: Any) -> str:
