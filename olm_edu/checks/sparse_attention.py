@@ -109,6 +109,8 @@ def _indexer_mistakes(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> dict
         NO_HEAD_SCALE: weigh(torch.relu(dots), w.double()),
         NO_DIM_SCALE: weigh(torch.relu(dots * dim**0.5)),
         NO_WEIGHTS: torch.relu(dots).sum(-2) / heads**0.5,
+        NO_WEIGHTS + " (you averaged the heads' votes)": torch.relu(dots).mean(-2),
+        NO_WEIGHTS + " (you added the heads' votes)": torch.relu(dots).sum(-2),
     }
 
 
@@ -293,6 +295,7 @@ def _flops_mistakes(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     layers = cfg.num_layers
     return {
         DENSE_COUNTED: layers * (attention(seq_len) + 2 * seq_len * heads * (dim + 1)),
+        DENSE_COUNTED + ", as V3 (and add the indexer)": layers * attention(seq_len),
         NO_INDEXER: layers * attention(attended),
         INDEXER_ON_TOPK: layers * (attention(attended) + 2 * attended * heads * (dim + 1)),
         NO_HEAD_SUM: layers * (attention(attended) + 2 * seq_len * heads * dim),
