@@ -34,6 +34,7 @@ MOE_KNOBS = (
     "router_weighting",
 )  # fmt: skip
 MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
+COMPRESSED_KNOBS = ("q_latent_dim", "rope_head_dim")  # the MLA knobs DeepSeek-V4's compressed attention uses too
 TEMPERATURE_KNOBS = ("attn_temperature_floor", "attn_temperature_scale")
 LINEAR_KNOBS = (
     "linear_attention", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -59,11 +60,21 @@ def diff(cfg_a: ModelConfig, cfg_b: ModelConfig) -> list[KnobChange]:
 
 
 def _format_layer_types(types: tuple[str, ...]) -> str:
-    """A short form: "[sliding, full] x 21" for a repeating pattern, else runs "full x 20, sliding x 8"."""
+    """A short form: "[sliding, full] x 21" for a repeating pattern; a pattern after a few other
+    layers and before a partial repeat, "sliding x 2, [csa, hca] x 20, csa" (DeepSeek-V4); else runs
+    "full x 20, sliding x 8"."""
     short = [kind.removesuffix("_attention") for kind in types]
     for period in range(1, 5):
         if len(short) % period == 0 and short == short[:period] * (len(short) // period):
             return f"[{', '.join(short[:period])}] x {len(short) // period}"
+    for start in range(1, 4):  # a short head, then a pattern repeated at least 4 times, then its partial tail
+        for period in range(2, 5):
+            body = short[start:]
+            repeats, tail = divmod(len(body), period)
+            if repeats >= 4 and body == (body[:period] * (repeats + 1))[: len(body)]:
+                head = ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short[:start]))
+                parts = [head, f"[{', '.join(body[:period])}] x {repeats}"] + ([", ".join(body[-tail:])] if tail else [])
+                return ", ".join(parts)
     return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short))
 
 
@@ -92,7 +103,7 @@ def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
         return "-"
     if knob in MOE_KNOBS and cfg.num_experts == 0:
         return "-"
-    if knob in MLA_KNOBS and cfg.attention != "mla":
+    if knob in MLA_KNOBS and cfg.attention != "mla" and not (cfg.attention == "compressed" and knob in COMPRESSED_KNOBS):
         return "-"
     if knob in TEMPERATURE_KNOBS and not cfg.attn_temperature_tuning:
         return "-"
