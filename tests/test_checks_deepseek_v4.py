@@ -32,7 +32,8 @@ def test_library_fallback_passes_its_own_check_with_the_hidden_cases(name, libra
 def test_compress_accepts_the_library_compressor_sum_read_before_its_norm():
     def through_the_library(kv, gate, position_bias, rate):
         width = kv.shape[-1]
-        compressor = KVCompressor(width, width, rate, overlap=False, rotary=RotaryEmbedding(2, 10000.0))  # rotates 2 dims, after the sum
+        rotary = RotaryEmbedding(2, 10000.0)  # any rotation: it acts after the sum we read
+        compressor = KVCompressor(width, width, rate, overlap=False, rotary=rotary)
         with torch.no_grad():  # identity projections: the compressor sees kv and gate as they are
             compressor.kv_proj.weight.copy_(torch.eye(width))
             compressor.position_bias.copy_(position_bias)

@@ -128,7 +128,8 @@ def _layer_numbers(cfg: ModelConfig, seq_len: int, *, index_keys: str = "csa", w
         if kind == "compressed_sparse_attention":
             numbers += blocks(csa_rate) * (kv_copies * cfg.head_size + (cfg.index_head_dim if index_keys else 0))
         elif kind == "heavily_compressed_attention":
-            numbers += blocks(hca_rate) * (kv_copies * cfg.head_size + (cfg.index_head_dim if index_keys == "all" else 0))
+            index = cfg.index_head_dim if index_keys == "all" else 0
+            numbers += blocks(hca_rate) * (kv_copies * cfg.head_size + index)
         total += numbers
     return total
 
@@ -207,7 +208,8 @@ def compress(check: Check, fn: Callable) -> None:
         kv, gate = check.randn(batch, length, width), check.randn(batch, length, width, scale=2.0)
         bias = check.randn(rate, width)
         originals = kv.clone(), gate.clone(), bias.clone()
-        what = f"compress(kv, gate of shape {(batch, length, width)}, position_bias {(rate, width)}, rate={rate}) [{description}]"
+        what = (f"compress(kv, gate of shape {(batch, length, width)}, position_bias {(rate, width)}, rate={rate}) "
+                f"[{description}]")
         got = check.call(fn, kv, gate, bias, rate, what=what, hint="return (B, T // rate, d)")
         check.expect(all(torch.equal(a, b) for a, b in zip((kv, gate, bias), originals)), f"{what} changed its inputs")
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (batch, -(-length // rate), width) and length % rate:
@@ -248,9 +250,11 @@ def csa_selection(check: Check, fn: Callable) -> None:
         scores = check.randn(batch, length, entries)
         positions = torch.arange(first, first + length)
         originals = scores.clone(), positions.clone()
-        what = f"csa_selection(scores {(batch, length, entries)}, positions {first}..{first + length - 1}, rate={rate}, k={k}) [{description}]"
+        what = (f"csa_selection(scores {(batch, length, entries)}, positions {first}..{first + length - 1}, "
+                f"rate={rate}, k={k}) [{description}]")
         got = _as_mask(check, check.call(fn, scores, positions, rate, k, what=what), (batch, length, entries), what)
-        check.expect(torch.equal(scores, originals[0]) and torch.equal(positions, originals[1]), f"{what} changed its inputs")
+        unchanged = torch.equal(scores, originals[0]) and torch.equal(positions, originals[1])
+        check.expect(unchanged, f"{what} changed its inputs")
         readable = _readable(positions, entries, rate)
         expected = _selection(scores, readable, k)
         if torch.equal(got, expected):
@@ -261,11 +265,14 @@ def csa_selection(check: Check, fn: Callable) -> None:
             "w < (t + 1) // m (the block [w m, (w + 1) m) lies in its past); mask the others out before the top-k":
                 _selection(scores, torch.ones_like(readable), k),
             "you selected the blocks up to and including the one holding the query, which is not complete until "
-            "its last token; the rule is w < (t + 1) // m": _selection(scores, _readable(positions, entries, rate, rate), k),
+            "its last token; the rule is w < (t + 1) // m":
+                _selection(scores, _readable(positions, entries, rate, rate), k),
             "you used w < t // m, which misses the block that ends exactly at the query (t = w m + m - 1 has "
-            "finished block w): the rule is w < (t + 1) // m": _selection(scores, _readable(positions, entries, rate, 0), k),
+            "finished block w): the rule is w < (t + 1) // m":
+                _selection(scores, _readable(positions, entries, rate, 0), k),
             "you selected every complete block; CSA keeps only the k with the highest scores": readable.expand_as(got),
-            "you selected the k LOWEST scores: the indexer keeps the highest": _selection(scores, readable, k, largest=False),
+            "you selected the k LOWEST scores: the indexer keeps the highest":
+                _selection(scores, readable, k, largest=False),
         }
         for message, wrong in mistakes.items():
             if torch.equal(got, wrong.expand_as(got)):
@@ -309,7 +316,8 @@ def sinkhorn_knopp(check: Check, fn: Callable) -> None:
             "your last step normalises the rows; DeepSeek-V4 ends with the columns: columns, then iterations - 1 "
             "rounds of rows-then-columns": _sinkhorn64(original, iterations, order="ends with rows"),
             "you divided by the row sums without keepdim=True: matrix.sum(dim=-1) has shape (..., n) and broadcasts "
-            "along the LAST axis, so entry (i, j) was divided by the sum of row j": _sinkhorn64(original, iterations, keepdim=False),
+            "along the LAST axis, so entry (i, j) was divided by the sum of row j":
+                _sinkhorn64(original, iterations, keepdim=False),
             "your answer does one round whatever `iterations` is; repeat rows-then-columns iterations - 1 times "
             "after the first column normalisation": _sinkhorn64(original, iterations, order="once"),
             "you took a softmax: the matrix is already positive; Sinkhorn-Knopp only divides by row and column sums":

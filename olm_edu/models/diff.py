@@ -73,7 +73,8 @@ def _format_layer_types(types: tuple[str, ...]) -> str:
             repeats, tail = divmod(len(body), period)
             if repeats >= 4 and body == (body[:period] * (repeats + 1))[: len(body)]:
                 head = ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short[:start]))
-                parts = [head, f"[{', '.join(body[:period])}] x {repeats}"] + ([", ".join(body[-tail:])] if tail else [])
+                parts = [head, f"[{', '.join(body[:period])}] x {repeats}"]
+                parts += [", ".join(body[-tail:])] if tail else []
                 return ", ".join(parts)
     return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short))
 
@@ -103,7 +104,8 @@ def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
         return "-"
     if knob in MOE_KNOBS and cfg.num_experts == 0:
         return "-"
-    if knob in MLA_KNOBS and cfg.attention != "mla" and not (cfg.attention == "compressed" and knob in COMPRESSED_KNOBS):
+    used_by_compressed = cfg.attention == "compressed" and knob in COMPRESSED_KNOBS
+    if knob in MLA_KNOBS and cfg.attention != "mla" and not used_by_compressed:
         return "-"
     if knob in TEMPERATURE_KNOBS and not cfg.attn_temperature_tuning:
         return "-"
