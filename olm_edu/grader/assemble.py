@@ -37,13 +37,19 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 # `trusted_check_source`. Those are the checks that need what a proxy cannot carry:
 # - the learner's nn.Module classes (isinstance, parameters, state_dict, modules changed in place):
 #   02 token_and_position, 03 multi_head, 04 layer_norm, mlp, block, 05 gpt2, init, 09 rms_norm,
-#   11 swiglu, geglu, 13 decoder_layer, llama, convert_state_dict, 14 qk_norm_attention;
+#   11 swiglu, geglu, 13 decoder_layer, llama, convert_state_dict, 14 qk_norm_attention,
+#   21 post_sublayer_block;
 # - gradients through the learner's output (`requires_grad` does not cross): 06 cross_entropy,
-#   14 z_loss, softcap, 16 route, moe_forward, load_balancing_loss, router_z_loss, 15 gemma2_layer;
-# - arguments that are not data (ModelConfig, torch.Generator, objects with methods): 06 get_batch,
-#   12 kv_cache_size, 15 windowed_kv_cache_bytes, rolling_update, 17 mla_cache_bytes,
-#   18 matched_hidden_dim, seed_summary, 19 (all three), 20 card_bytes, 25 average_gradients,
-#   accumulate_gradients, 26 split_parameters, 07 attend_with_cache;
+#   14 z_loss, softcap, 16 route, moe_forward, load_balancing_loss, router_z_loss;
+# - arguments that are not data (ModelConfig, torch.Generator, SimpleNamespace, a model or an
+#   attention module): 06 get_batch, 12 kv_cache_size, 15 windowed_kv_cache_bytes, rolling_update,
+#   gemma2_layer, 17 mla_cache_bytes, 18 matched_hidden_dim, 19 (all three), 20 card_bytes,
+#   23 score_flops, 24 v4_cache_bytes, 25 accumulate_gradients, 26 split_parameters;
+# - an exception of a given type expected from the learner's code (it crosses as a RemoteError
+#   named alike, not the type itself): 18 seed_summary; the learner's source read with `inspect`:
+#   25 average_gradients;
+# - a verdict that times the learner's code (22 chunked_delta_rule: "still loops token by token");
+# - 07 attend_with_cache: its answers need the lesson's earlier cells, so agreement is not tested here;
 # - a tensor's memory layout (tensors cross as contiguous copies; 12 repeat_kv checks that a
 #   non-contiguous input is handled), and an instrumented input (02 one_hot_lookup detects reading
 #   rows of the weight by indexing, which a copy hides).
@@ -70,6 +76,10 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "deepseek": frozenset({"latent_attention", "deepseek_route", "update_selection_bias"}),
     "ablation": frozenset({"real_differences", "tokens_per_second"}),
     "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts"}),
+    "norms_positions": frozenset({"rope_frequencies", "rope_layers", "chunked_mask"}),
+    "linear_attention": frozenset({"delta_rule_step", "log_decay", "layer_schedule"}),
+    "sparse_attention": frozenset({"indexer_scores", "causal_top_k", "sparse_attention"}),
+    "deepseek_v4": frozenset({"compress", "csa_selection", "sinkhorn_knopp"}),
     "distributed": frozenset({"training_bytes"}),
     "recipe": frozenset({"newton_schulz", "wsd_schedule"}),
 }
