@@ -50,8 +50,8 @@ SCHEDULE_STEPS = 1000  # the grid the schedules are written on; laid over the bu
 RECIPES: dict[str, dict] = {
     "lesson-06": dict(optimizer="adamw", max_lr=5e-3, schedule="cosine", min_lr=5e-4, warmup_steps=100,
                       batch_size=64),
-    "lesson-26": dict(optimizer="muon", max_lr=5e-3, muon_lr=2e-2, schedule="wsd", decay_fraction=0.3,
-                      min_lr=0.0, warmup_steps=50, batch_size=64),
+    "lesson-26": dict(optimizer="muon", max_lr=5e-3, muon_lr=2e-2, schedule="wsd", decay_fraction=0.5,
+                      min_lr=0.0, warmup_steps=50, batch_size=32),
 }
 
 
