@@ -16,6 +16,9 @@ The recipes (--recipes picks some; --recipe NAME='{json}' adds your own, the key
   lesson-26       Muon (Nesterov, 5 Newton-Schulz steps, Moonlight's RMS matching) on the blocks'
                   matrices, AdamW on the embeddings, norms and biases; warm-up-stable-decay; the
                   settings of lesson 26's race cell (see RECIPES).
+--cpu-clock measures the budget in CPU seconds of this process (time.process_time) instead of wall
+seconds, and needs --threads 1: on a machine shared with other jobs, one thread's CPU time is what a
+quiet machine's wall time would be, so the race stays fair while the load changes.
 Recipes run in turn, and with --rounds N the order reverses every round (A B, B A, ...) so that a
 machine that gets busier or quieter over time favours neither; the table gives each recipe's mean
 over the rounds and the range. The load average before and after is printed: on a busy machine
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help=f"from {list(RECIPES)}")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME=JSON", help="add a recipe")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cpu-clock", action="store_true",
+                        help="budget in CPU seconds of this process (needs --threads 1), for a shared machine")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/race.json"))
     args = parser.parse_args(argv)
     recipes = {}
@@ -100,13 +105,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--recipe {item!r} must be NAME='{{json}}': {error}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_clock:
+        if args.threads != 1:
+            parser.error("--cpu-clock needs --threads 1 (with more threads, CPU time runs faster than the clock)")
+        # train() times its steps with time.perf_counter; point its `time` at the process's CPU clock
+        import olm_edu.train as training
+
+        training.time = type("ProcessClock", (), {"perf_counter": staticmethod(time.process_time)})
 
     train_text, val_text = shakespeare("train"), shakespeare("val")
     vocab = CharVocab.from_text(train_text + val_text)
     data = vocab.encode_tensor(train_text), vocab.encode_tensor(val_text)
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"load average {load_before[0]:.1f}; budget {args.budget:g} s per recipe, {args.rounds} round(s)")
+          f"load average {load_before[0]:.1f}; budget {args.budget:g} {'CPU' if args.cpu_clock else 'wall'} s per recipe, {args.rounds} round(s)")
     results: dict[str, list[dict]] = {name: [] for name in recipes}
     names = list(recipes)
     for round_index in range(args.rounds):
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reproduce: {command}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(
-        command=command, budget_seconds=args.budget, rounds=args.rounds, table=table, runs=results,
+        command=command, budget_seconds=args.budget, clock="cpu" if args.cpu_clock else "wall", rounds=args.rounds, table=table, runs=results,
         machine=dict(torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
                      platform=platform.platform(), load_average_before=load_before[0], load_average_after=load_after[0]),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
