@@ -331,6 +331,7 @@ def train(
     schedule: str = "cosine",
     decay_fraction: float = 0.2,
     z_loss: float = 0.0,
+    time_budget: float | None = None,
 ) -> TrainingHistory:
     """Train `model` (token ids (B, T) -> logits (B, T, V)) on next-token prediction.
 
@@ -347,11 +348,21 @@ def train(
     on the hidden matrices, AdamW on the rest), schedule="wsd" (warm-up, flat, then a linear
     decay over the last `decay_fraction` of the steps), and `z_loss` (coefficient of the mean
     squared log-partition of the output logits, which keeps them from drifting upwards).
+
+    time_budget (seconds): stop when the training steps (evaluations excluded) have taken this
+    much wall time, instead of after `steps` steps: the way to compare recipes whose steps cost
+    different amounts (lesson 26's race). The schedule then runs on the clock: its step counter
+    is `steps` times the fraction of the budget spent, so the warm-up, the decay and the
+    evaluations (`warmup_steps`, `decay_fraction`, `eval_every`, all counted on that grid of
+    `steps`) fall at the same fractions of the budget whatever each step costs, and the run ends
+    at the end of its decay.
     """
     from olm_edu.optim import lr_at_step, make_optimizer as make_recipe_optimizer
 
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget={time_budget} must be a positive number of seconds (or None)")
     warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
     min_lr = max_lr / 10 if min_lr is None else min_lr
     eval_every = max(1, steps // 10) if eval_every is None else eval_every
@@ -377,11 +388,24 @@ def train(
         torch.manual_seed(seed)  # dropout, if the model has any
         model.train()
         evaluate(0)
-        bar = tqdm(range(steps), desc="training", disable=not progress)
-        for step in bar:
-            started = time.perf_counter()
-            lr = lr_at_step(schedule, step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps,
+        bar = tqdm(total=steps if time_budget is None else time_budget, desc="training", disable=not progress,
+                   unit="step" if time_budget is None else "s")
+
+        def schedule_clock() -> int:
+            """Where the schedule is: steps done, or `steps` x the fraction of the time budget spent."""
+            if time_budget is None:
+                return len(history.steps)
+            return min(steps, int(steps * history.seconds / time_budget))
+
+        def finished() -> bool:
+            return len(history.steps) == steps if time_budget is None else history.seconds >= time_budget
+
+        step = 0
+        while not finished():
+            clock = min(schedule_clock(), steps - 1)
+            lr = lr_at_step(schedule, clock, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps,
                             min_lr=min_lr, decay_fraction=decay_fraction)
+            started = time.perf_counter()
             for group in optimizers.param_groups:  # Muon's group may peak at its own muon_lr
                 group["lr"] = lr if group["max_lr"] == max_lr else group["max_lr"] * lr / max_lr
             inputs, targets = get_batch(train_data, batch_size, block_size, generator=generator, device=device)
@@ -398,15 +422,18 @@ def train(
                 model.update_router_biases()  # DeepSeek-V3's aux-loss-free balance, once per step
             loss_value = loss.item()
             history.seconds += time.perf_counter() - started
+            step += 1
             history.tokens += inputs.numel()
-            history.steps.append(step + 1)
+            history.steps.append(step)
             history.train_loss.append(loss_value)
             history.lr.append(lr)
             history.grad_norm.append(norm)
             history.aux_loss.append(aux.item() if torch.is_tensor(aux) else aux)
+            bar.update(1 if time_budget is None else min(history.seconds, time_budget) - bar.n)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
-            if (step + 1) % eval_every == 0 or step + 1 == steps:
-                evaluate(step + 1)
+            # evaluate each time the schedule's clock passes a multiple of eval_every, and at the end
+            if schedule_clock() // eval_every > clock // eval_every or finished():
+                evaluate(step)
                 if history.val_loss:
                     bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{lr:.2e}")
         bar.close()

@@ -303,3 +303,59 @@ def test_runs_with_different_seeds_are_scored_on_the_same_batches_given_one_eval
     first = lambda h: h.val_loss[0]  # measured before any step, so only the batches differ
     assert first(histories[1, 0]) == first(histories[2, 0])
     assert first(histories[2, None]) != first(histories[2, 0])  # by default the training seed picks them
+
+
+# ---------------------------------------------------------------------------
+# Training for a wall-time budget (lesson 26's race)
+# ---------------------------------------------------------------------------
+
+
+class SteppingClock:
+    """Stands in for the `time` module: perf_counter() advances `tick` seconds at every call.
+
+    train reads it once before and once after each step, so every step takes `tick` seconds."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_budget_stops_on_wall_time_and_lays_the_schedule_and_evaluations_over_it(monkeypatch):
+    monkeypatch.setattr(training, "time", SteppingClock(0.25))  # 40 steps of 0.25 s fit in 10 s
+    history = train(tiny_model(), repeating_stream(), repeating_stream(), steps=20, batch_size=2, block_size=4,
+                    max_lr=1e-2, warmup_steps=4, min_lr=1e-3, eval_every=5, eval_batches=1, time_budget=10.0,
+                    device="cpu", progress=False)
+    assert history.steps == list(range(1, 41)) and history.seconds == 10.0
+    # before step k, 0.25 k seconds are spent: the schedule's clock reads 20 x 0.25 k / 10 = k / 2
+    assert history.lr == [lr_at(k // 2, max_lr=1e-2, warmup_steps=4, total_steps=20, min_lr=1e-3) for k in range(40)]
+    assert history.val_steps == [0, 10, 20, 30, 40]  # every 5 steps of the grid = every 2.5 s
+
+
+def test_a_time_budget_gives_slower_steps_fewer_steps_and_the_same_schedule_shape(monkeypatch):
+    lrs = {}
+    for tick in (0.25, 0.5):
+        monkeypatch.setattr(training, "time", SteppingClock(tick))
+        history = train(tiny_model(), repeating_stream(), steps=10, batch_size=2, block_size=4, max_lr=1e-2,
+                        schedule="wsd", warmup_steps=2, decay_fraction=0.4, min_lr=0.0, time_budget=10.0,
+                        device="cpu", progress=False)
+        lrs[tick] = history.lr
+    assert len(lrs[0.25]) == 2 * len(lrs[0.5]) == 40
+    assert lrs[0.25][::2] == lrs[0.5]
+    assert lrs[0.25][-1] == lrs[0.5][-1] == 0.0  # both end their decay, at min_lr, as the budget runs out  # the same learning rate at the same fraction of the budget
+
+
+def test_a_time_budget_on_the_real_clock_ends_just_after_the_budget():
+    history = train(tiny_model(), repeating_stream(), steps=100, batch_size=2, block_size=4, max_lr=1e-2,
+                    time_budget=0.3, device="cpu", progress=False)
+    last_step = history.seconds / len(history.steps) * 20  # generous: a step is far shorter than this
+    assert 0.3 <= history.seconds < 0.3 + last_step
+
+
+@pytest.mark.parametrize("budget", [0, -1.0])
+def test_train_rejects_a_time_budget_that_is_not_positive(budget):
+    with pytest.raises(ValueError, match="time_budget"):
+        train(tiny_model(), repeating_stream(), steps=5, batch_size=2, block_size=4, max_lr=1e-2, time_budget=budget,
+              device="cpu", progress=False)

@@ -68,3 +68,38 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
         ],
     },
 }
+
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "25_beyond_one_device.ipynb": {
+        "average_gradients": [
+            # divide first, then sum: the same mean
+            _AVERAGE_HEAD + "    for p in model.parameters():\n"
+            "        if p.grad is not None:\n"
+            "            p.grad.div_(dist.get_world_size())\n"
+            "            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)\n",
+            # one bucket: every gradient flattened into one tensor, one all-reduce, copied back (DDP's idea)
+            _AVERAGE_HEAD + "    grads = [p.grad for p in model.parameters() if p.grad is not None]\n"
+            "    flat = torch.cat([g.reshape(-1) for g in grads])\n"
+            "    dist.all_reduce(flat)\n"
+            "    flat /= dist.get_world_size()\n"
+            "    offset = 0\n"
+            "    for g in grads:\n"
+            "        g.copy_(flat[offset:offset + g.numel()].view_as(g))\n"
+            "        offset += g.numel()\n",
+        ],
+        "accumulate_gradients": [
+            # each chunk's loss weighted by its share of the rows, chunks made with split
+            _ACCUMULATE_HEAD + "    rows = inputs.shape[0] // micro_batches\n"
+            "    for x, y in zip(inputs.split(rows), targets.split(rows)):\n"
+            "        loss = next_token_loss(model(x), y)\n"
+            "        (loss * x.shape[0] / inputs.shape[0]).backward()\n",
+        ],
+        "training_bytes": [
+            # the table's formulas, one per stage
+            _BYTES_HEAD + "    n, shard = num_parameters, -(-num_parameters // world_size)\n"
+            "    formulas = {'ddp': 16 * n, 'zero1': 4 * n + 12 * shard, 'zero2': 2 * n + 14 * shard,\n"
+            "                'fsdp': 16 * shard}\n"
+            "    return formulas[sharding]\n",
+        ],
+    },
+}

@@ -44,3 +44,35 @@ WRONG_ANSWERS: dict[str, dict[str, list[tuple[str, str]]]] = {
         ],
     },
 }
+
+CORRECT_ANSWERS: dict[str, dict[str, list[str]]] = {
+    "26_training_recipe.ipynb": {
+        "newton_schulz": [
+            # torch's orientation (the Gram matrix of the short side) and A (A X) instead of A^2 X
+            _NS_HEAD + "    tall = gradient.shape[0] > gradient.shape[1]\n"
+            "    x = gradient.T if tall else gradient\n"
+            "    x = x / torch.linalg.matrix_norm(x, ord='fro')\n"
+            "    for _ in range(steps):\n"
+            "        ax = (x @ x.T) @ x\n"
+            "        x = a * x + b * ax + c * (x @ x.T) @ ax\n"
+            "    return x.T if tall else x\n",
+        ],
+        "split_parameters": [
+            # the Muon list first, then everything not in it
+            "def split_parameters(model):\n"
+            "    named = list(model.named_parameters())\n"
+            "    muon = [n for n, p in named if n.split('.')[0] == 'layers' and p.ndim == 2]\n"
+            "    return muon, [n for n, _ in named if n not in muon]\n",
+        ],
+        "wsd_schedule": [
+            # the decay counted by the steps left after this one
+            "def wsd_schedule(step, max_lr, warmup_steps, total_steps, decay_fraction, min_lr):\n"
+            "    if step >= total_steps:\n        return min_lr\n"
+            "    if step < warmup_steps:\n        return max_lr * (step + 1) / warmup_steps\n"
+            "    decay_steps = round(decay_fraction * total_steps)\n"
+            "    left = total_steps - 1 - step\n"
+            "    if left >= decay_steps:\n        return max_lr\n"
+            "    return min_lr + (max_lr - min_lr) * left / decay_steps\n",
+        ],
+    },
+}
