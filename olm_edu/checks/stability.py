@@ -10,7 +10,7 @@ the learner's weights; `torch.logsumexp` for the z-loss; cap * tanh(x / cap) in 
 soft-cap. The mistakes are written out here, line by line, in float64.
 
 Tolerances (float32): attention atol=1e-5, rtol=1e-4 (projections, two norms, a rotation and a
-softmax, in any order); z-loss rtol=1e-5 (a log-sum-exp and a mean); soft-cap atol=1e-5, rtol=1e-5.
+softmax, in any order); z-loss rtol=1e-5 (a log-sum-exp and a mean); soft-cap atol=1e-5 (times cap / 10 above cap 10), rtol=1e-5.
 """
 
 from __future__ import annotations
@@ -322,8 +322,9 @@ def softcap(check: Check, fn: SoftcapFn) -> None:
         check.expect(torch.equal(given, x), f"{what} changed x in place (div_, tanh_, mul_ or /=): return a new "
                      "tensor; the caller still needs x")
         expected = cap * torch.tanh(x.double() / cap)
-        check.close_or_diagnose(got, expected, _softcap_mistakes(x, cap), what=what, atol=1e-5, rtol=1e-5,
-                                hint="cap * torch.tanh(x / cap)")
+        # float32 carries ~1e-7 of cap: equivalent forms (2 sigmoid(2x/cap) - 1) differ by that much at large caps
+        check.close_or_diagnose(got, expected, _softcap_mistakes(x, cap), what=what, atol=1e-5 * max(1.0, cap / 10),
+                                rtol=1e-5, hint="cap * torch.tanh(x / cap)")
 
     x = check.randn(3, 5, scale=40.0)
     got = check.call(fn, x.clone(), None, what="softcap(x, None)",
