@@ -468,6 +468,12 @@ def test_diff_table_shows_as_html_in_jupyter_and_as_text_when_printed():
     assert str(table) == render_diff(preset("gpt2"), preset("Llama-3.1-8B"))
 
 
+def test_render_diff_shows_gemma3_five_local_per_global_layers_as_a_pattern_with_its_remainder():
+    text = render_diff(preset("gemma-2-9b"), preset("gemma-3-27b"))
+    assert "[sliding x 5, full x 1] x 10, sliding x 2" in " ".join(text.split())
+    assert "[sliding x 5, full x 1] x 4, sliding x 2" in " ".join(render_diff(preset("gpt2"), preset("gemma-3-1b")).split())
+
+
 def test_render_diff_shows_gemma2_alternating_layers_as_a_pattern_and_unused_rope_knobs_as_dashes():
     text = render_diff(preset("Llama-3.1-8B"), preset("gemma-2-9b"))
     assert "[sliding, full] x 21" in text

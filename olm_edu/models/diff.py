@@ -34,6 +34,7 @@ MOE_KNOBS = (
     "router_weighting",
 )  # fmt: skip
 MLA_KNOBS = ("q_latent_dim", "kv_latent_dim", "rope_head_dim", "value_head_dim")
+COMPRESSED_KNOBS = ("q_latent_dim", "rope_head_dim")  # the MLA knobs DeepSeek-V4's compressed attention uses too
 TEMPERATURE_KNOBS = ("attn_temperature_floor", "attn_temperature_scale")
 LINEAR_KNOBS = (
     "linear_attention", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -58,13 +59,37 @@ def diff(cfg_a: ModelConfig, cfg_b: ModelConfig) -> list[KnobChange]:
     return changes
 
 
+def _runs(kinds: list[str]) -> str:
+    return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(kinds))
+
+
+def _pattern(kinds: list[str]) -> str:
+    """A repeating unit (or its partial tail): runs when it repeats a kind, else the kinds listed."""
+    repeats_a_kind = any(a == b for a, b in zip(kinds, kinds[1:]))
+    return _runs(kinds) if repeats_a_kind else ", ".join(kinds)
+
+
 def _format_layer_types(types: tuple[str, ...]) -> str:
-    """A short form: "[sliding, full] x 21" for a repeating pattern, else runs "full x 20, sliding x 8"."""
+    """A short form: "[sliding, full] x 21" for a repeating pattern; a pattern after a short head
+    and before a partial repeat, "[sliding x 5, full x 1] x 10, sliding x 2" (Gemma 3's 62 layers),
+    "sliding x 2, [compressed_sparse, heavily_compressed] x 20, compressed_sparse" (DeepSeek-V4);
+    else runs "full x 20, sliding x 8"."""
     short = [kind.removesuffix("_attention") for kind in types]
     for period in range(1, 5):
         if len(short) % period == 0 and short == short[:period] * (len(short) // period):
             return f"[{', '.join(short[:period])}] x {len(short) // period}"
-    return ", ".join(f"{kind} x {len(list(run))}" for kind, run in groupby(short))
+    for start in range(4):  # a head of up to 3 layers, then a repeated unit, then its partial tail
+        body = short[start:]
+        for period in range(2, 9):
+            repeats, tail = divmod(len(body), period)
+            enough = repeats >= (2 if start == 0 else 4)
+            if enough and body == (body[:period] * (repeats + 1))[: len(body)]:
+                unit = body[:period]
+                parts = [_runs(short[:start])] if start else []
+                parts.append(f"[{_pattern(unit)}] x {repeats}")
+                parts += [_pattern(unit[:tail])] if tail else []
+                return ", ".join(parts)
+    return _runs(short)
 
 
 def format_value(value: Any) -> str:
@@ -92,7 +117,8 @@ def _cell(cfg: ModelConfig, knob: str, value: Any) -> str:
         return "-"
     if knob in MOE_KNOBS and cfg.num_experts == 0:
         return "-"
-    if knob in MLA_KNOBS and cfg.attention != "mla":
+    used_by_compressed = cfg.attention == "compressed" and knob in COMPRESSED_KNOBS
+    if knob in MLA_KNOBS and cfg.attention != "mla" and not used_by_compressed:
         return "-"
     if knob in TEMPERATURE_KNOBS and not cfg.attn_temperature_tuning:
         return "-"
