@@ -1,14 +1,22 @@
-# olm-edu: `make lab` to learn, `make test` to check everything.
+# olm-edu: `make lab` to learn, `make instructor` to author and grade, `make test` to check everything.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Jupyter options for `make lab`, e.g. `make lab LAB_ARGS="--port 8890 --no-browser"`.
 LAB_ARGS ?=
 
-.PHONY: lab test lessons book clean-venv
+.PHONY: lab instructor test lessons book clean-venv
 
+# The learner's JupyterLab: lessons/ only, without nbgrader's instructor tools (Create Assignment,
+# Formgrader, and a Validate button that rewrites the notebook). jupyter-config/learner/ turns them
+# off through JUPYTER_CONFIG_PATH, so nothing installed is changed.
+LEARNER_CONFIG := $(CURDIR)/jupyter-config/learner
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab --ServerApp.root_dir=lessons $(LAB_ARGS)
+	env JUPYTER_CONFIG_PATH="$(LEARNER_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" $(BIN)/jupyter lab --ServerApp.root_dir=lessons $(LAB_ARGS)
+
+# The instructor's JupyterLab: the whole course (solutions/ too) with nbgrader's tools.
+instructor: $(VENV)/.installed
+	$(BIN)/jupyter lab $(LAB_ARGS)
 
 # Two workers (pytest-xdist); each file stays on one worker, lesson tests are spread (conftest.py).
 # `make test TEST_ARGS=` runs serially; `make test TEST_ARGS="-k rope"` picks tests (serially).
