@@ -218,7 +218,8 @@ def allclose(got: Any, expected: torch.Tensor, *, atol: float, rtol: float) -> b
     return bool(((got64 - expected64).abs() <= atol + rtol * expected64.abs()).all())
 
 
-def exercise(title: str, *, reference: Any = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def exercise(title: str, *, reference: Any = None,
+             helpers: tuple[Any, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn a check body `body(check, *learner_objects)` into a check function.
 
     The returned function takes the learner's objects and the keywords `hidden=False` and
@@ -226,7 +227,9 @@ def exercise(title: str, *, reference: Any = None) -> Callable[[Callable[..., No
     `.passed` (None before it ran). `reference` is the library's working version of what the
     exercise asks for, with the same signature; `.yours_or_reference(yours)` gives the learner's
     object once the check has passed and the reference until then, so the cells after an
-    unfinished exercise still run.
+    unfinished exercise still run. `helpers` are the library's versions of learner functions the
+    check also grades but the cells after it do not fall back on (lesson 10's rotate_half, graded
+    with apply_rope): the check's full argument list is `(*helpers, reference)`.
     """
 
     def decorate(body: Callable[..., None]) -> Callable[..., None]:
@@ -266,6 +269,7 @@ def exercise(title: str, *, reference: Any = None) -> Callable[[Callable[..., No
 
         run.passed = None
         run.reference = reference
+        run.helpers = tuple(helpers)
         run.yours_or_reference = yours_or_reference
         return run
 

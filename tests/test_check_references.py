@@ -29,7 +29,7 @@ def test_the_reference_passes_its_own_check(check, monkeypatch):
     # The reference is the library's own code, which a check forbids while the learner's code runs.
     monkeypatch.setattr(Check, "forbid", lambda self, *names, reason="": None)
     reference = check.reference
-    learner_objects = reference if isinstance(reference, tuple) else (reference,)
+    learner_objects = (*check.helpers, *(reference if isinstance(reference, tuple) else (reference,)))
     check(*learner_objects, seed=0)
     check(*learner_objects, hidden=True, seed=1)
     assert check.passed is True

@@ -272,8 +272,17 @@ class ReferenceLlama(nn.Module):
 
 
 def reference_llama_params(config: dict) -> int:
-    """olm_edu.analysis.count_params of the config.json's model."""
-    return analysis.count_params(from_hf_config(config)).total
+    """Llama's parameter count from config.json's numbers (the check compares it with
+    olm_edu.analysis.count_params, which the exercise may not call)."""
+    d, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or d // config["num_attention_heads"]
+    q_width, kv_width = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    attention = d * (q_width + 2 * kv_width) + q_width * d
+    if config.get("attention_bias", False):
+        attention += q_width + 2 * kv_width + d
+    mlp = 3 * d * f + (2 * f + d if config.get("mlp_bias", False) else 0)
+    embeddings = config["vocab_size"] * d * (1 if config.get("tie_word_embeddings", False) else 2)
+    return embeddings + layers * (attention + mlp + 2 * d) + d  # two norms per layer, one final norm
 
 
 def reference_convert_llama_state_dict(hf_state_dict: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:

@@ -241,7 +241,8 @@ def _check_rotation(check: Check, fn: Callable, layout: str, name: str) -> None:
 
 # -- Exercise 2: rotate_half layout --------------------------------------------------------------
 
-@exercise("Exercise 2 — RoPE in the rotate_half layout", reference=reference_apply_rope)
+@exercise("Exercise 2 — RoPE in the rotate_half layout", reference=reference_apply_rope,
+          helpers=(library.rotate_half,))
 def apply_rope(check: Check, rotate_half_fn: Callable, apply_fn: Callable) -> None:
     _forbid_library(check, "Exercise 2")
     for d in (2, 4, 8) + ((16,) if check.hidden else ()):

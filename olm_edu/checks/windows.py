@@ -324,7 +324,8 @@ def _module(generator: torch.Generator, module: torch.nn.Module) -> torch.nn.Mod
     return module.eval()
 
 
-@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms", reference=reference_gemma2_layer)
+@exercise("Exercise 3 — Gemma 2's layer: (1 + w) RMSNorm and sandwich norms", reference=reference_gemma2_layer,
+          helpers=(_gemma_norm,))
 def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
     check.forbid("torch.nn.functional.rms_norm", "torch.rms_norm",
                  reason="Exercise 3 asks you to write Gemma's RMSNorm from a mean, a square root and (1 + weight)")
