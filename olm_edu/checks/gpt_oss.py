@@ -33,6 +33,7 @@ import torch
 from olm_edu.analysis import count_params
 from olm_edu.grading import Check, exercise
 from olm_edu.models.config import ModelConfig
+from olm_edu.nn.moe import clamped_swiglu as library_clamped_swiglu
 
 __all__ = [
     "sink_softmax", "clamped_swiglu", "gpt_oss_experts", "card_bytes", "reference_sink_softmax",
@@ -97,6 +98,19 @@ def reference_card_bytes(cfg: ModelConfig) -> int:
     return mxfp4 + 2 * (count_params(cfg).total - experts)
 
 
+# What the cells after an unfinished exercise use until its check passes, in the input's dtype.
+
+def library_sink_softmax(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """The softmax with a sink (olm_edu.nn.attention.attend's formula), in the scores' dtype."""
+    return reference_sink_softmax(scores, sinks).to(scores.dtype)
+
+
+def library_experts(x, router_weight, router_bias, gate_up_proj, gate_up_bias, down_proj, down_bias, k, limit):
+    """The gpt-oss expert layer in x's dtype."""
+    return reference_experts(x, router_weight, router_bias, gate_up_proj, gate_up_bias, down_proj, down_bias, k,
+                             limit).to(x.dtype)
+
+
 # -- Exercise 1: the softmax with a sink -----------------------------------------------------------
 
 NO_SINK = ("your weights add up to 1 in every row: the sink is missing from the denominator. Append each head's "
@@ -120,7 +134,7 @@ def _sink_mistakes(scores: torch.Tensor, sinks: torch.Tensor) -> dict[str, torch
     return {NO_SINK: plain, SINK_NOT_EXPONENTIATED: not_exponentiated, **wrong_axis}
 
 
-@exercise("Exercise 1 — the softmax with a sink")
+@exercise("Exercise 1 — the softmax with a sink", reference=library_sink_softmax)
 def sink_softmax(check: Check, fn: Callable) -> None:
     cases = [  # (B, H, T_q, T_k, window, sink scale, score offset, description)
         (2, 4, 6, 6, None, 1.0, 0.0, "causal, 4 heads"),
@@ -179,7 +193,7 @@ def _swiglu_mistakes(gate: torch.Tensor, up: torch.Tensor, limit: float, alpha: 
     }
 
 
-@exercise("Exercise 2 — the clamped SwiGLU")
+@exercise("Exercise 2 — the clamped SwiGLU", reference=library_clamped_swiglu)
 def clamped_swiglu(check: Check, fn: Callable) -> None:
     cases = [((4, 10), 7.0, 3.0, "gpt-oss: limit 7, values up to about 10"), ((3, 6), 1.0, 2.0, "limit 1"),
              ((2, 5, 8), 7.0, 0.5, "small values (no clamp bites)")]
@@ -208,7 +222,7 @@ def _experts_inputs(check: Check, n: int, d: int, e: int, f: int) -> tuple[torch
     return x, router_weight, router_bias, gate_up_proj, gate_up_bias, down_proj, down_bias
 
 
-@exercise("Exercise 3 — the gpt-oss expert layer")
+@exercise("Exercise 3 — the gpt-oss expert layer", reference=library_experts)
 def gpt_oss_experts(check: Check, fn: Callable) -> None:
     cases = [(10, 8, 4, 6, 2, 1.0, "4 experts, top-2, limit 1"), (7, 12, 8, 4, 3, 7.0, "8 experts, top-3, limit 7"),
              (5, 8, 4, 6, 1, 0.5, "top-1")]
@@ -240,7 +254,7 @@ def gpt_oss_experts(check: Check, fn: Callable) -> None:
 # -- Exercise 4: the memory of a 20B card ----------------------------------------------------------
 
 
-@exercise("Exercise 4 — the memory of a 20B card")
+@exercise("Exercise 4 — the memory of a 20B card", reference=reference_card_bytes)
 def card_bytes(check: Check, fn: Callable) -> None:
     from olm_edu.models.presets import preset
 
