@@ -246,12 +246,22 @@ class Page:
             raise RuntimeError(f"JavaScript failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def _evaluate_while_navigating(self, expression: str):
+        """evaluate, or None when the page navigated away under it (a redirect, or the load itself):
+        Chromium then drops the evaluation's context, and the caller asks again."""
+        try:
+            return self.evaluate(expression)
+        except RuntimeError as error:
+            if "navigated or closed" in str(error) or "Cannot find context" in str(error):
+                return None
+            raise
+
     def open(self, url: str, timeout: float = 60, lands_on: str | None = None) -> None:
         """Go to `url` and wait until the page (`lands_on` for a page that redirects) has loaded."""
         self.send("Page.navigate", {"url": url})
         deadline = time.monotonic() + timeout
         loaded = f"location.href === {json.dumps(lands_on or url)} && document.readyState === 'complete'"
-        while not self.evaluate(loaded):
+        while not self._evaluate_while_navigating(loaded):
             assert time.monotonic() < deadline, f"{url} did not finish loading in {timeout} s"
             time.sleep(0.2)
         # MathJax typesets after load; its startup promise settles when the first pass is done.
