@@ -251,7 +251,10 @@ def test_limits_stop_the_storms(hostile):
 JUDGED_GROUPS = {"part 1 (03 attention)": ("attention", "scaled_dot_product"),
                  "part 2 (17 deepseek)": ("deepseek", "deepseek_route"),
                  "part 3 (20 gpt-oss)": ("gpt_oss", "sink_softmax"),
-                 "part 4 (26 training recipe)": ("recipe", "newton_schulz")}
+                 "part 4 (26 training recipe)": ("recipe", "newton_schulz"),
+                 # records crossing into the kernel: a SimpleNamespace the answer fills in, a ModelConfig
+                 "a cache record (15 windows)": ("windows", "rolling_update"),
+                 "a config (24 deepseek-v4)": ("deepseek_v4", "v4_cache_bytes")}
 
 PATCH_EVERYTHING = """\
 import sys, torch, olm_edu.grading

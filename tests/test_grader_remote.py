@@ -39,6 +39,45 @@ def test_data_crosses_as_data_exactly():
         assert back.dtype == tensor.dtype and torch.equal(back, tensor)
 
 
+def test_plain_records_cross_as_records():
+    """A config, a namespace and a generator are rebuilt on arrival (a config validated again)."""
+    import types
+
+    from olm_edu.models.presets import preset
+
+    cfg = preset("gemma-2-9b")
+    back = round_trip({"cfg": cfg})["cfg"]
+    assert type(back) is type(cfg) and back == cfg and back.layer_type(1) == cfg.layer_type(1)
+    cache = types.SimpleNamespace(window=3, keys=torch.randn(1, 2, 3, 4), positions=None)
+    back = round_trip(cache)
+    assert type(back) is types.SimpleNamespace and back.window == 3 and back.positions is None
+    assert torch.equal(back.keys, cache.keys)
+    generator = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=generator)
+    back = round_trip(generator)
+    assert torch.equal(torch.rand(4, generator=back), torch.rand(4, generator=generator))
+    tensors = {}
+    node = encode(cfg, tensors)
+    node["v"]["v"] = [pair for pair in node["v"]["v"] if pair[0]["v"] != "num_heads"] + [
+        [{"t": "v", "v": "num_heads"}, {"t": "int", "v": "0"}]]
+    with pytest.raises(ValueError, match="num_heads"):
+        decode(node, tensors)
+
+
+def test_a_record_the_learner_fills_in_comes_back_filled(proxy):
+    import types
+
+    def fill(cache, generator):
+        cache.keys = torch.ones(2)
+        torch.rand(1, generator=generator)
+
+    cache, generator = types.SimpleNamespace(keys=None), torch.Generator().manual_seed(1)
+    proxy(fill)(cache, generator)
+    drawn = torch.Generator().manual_seed(1)
+    torch.rand(1, generator=drawn)
+    assert torch.equal(cache.keys, torch.ones(2)) and torch.equal(generator.get_state(), drawn.get_state())
+
+
 def test_what_is_not_data_needs_a_handle():
     with pytest.raises(NotData, match="function is not data"):
         encode(lambda x: x, {})

@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # imported where used, so that the kernel's `import olm_edu.g
 __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_GRADER", "judged_by_grader"]
 
 # The checks the grader judges in its own process (`remote`), by check module: each calls the
-# learner's functions on data (tensors, numbers, lists, dicts) and judges what comes back, so
+# learner's functions on data (tensors, numbers, lists, dicts, and the plain records `codec` carries:
+# a ModelConfig, a SimpleNamespace, a torch.Generator) and judges what comes back, so
 # nothing in the student's kernel can change its verdict. A check cell is judged here when every
 # `check.<name>(...)` it calls is listed; the others run in the (sandboxed) kernel, hardened by
 # `trusted_check_source`. Those are the checks that need what a proxy cannot carry:
@@ -41,10 +42,8 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 #   21 post_sublayer_block;
 # - gradients through the learner's output (`requires_grad` does not cross): 06 cross_entropy,
 #   14 z_loss, softcap, 16 route, moe_forward, load_balancing_loss, router_z_loss;
-# - arguments that are not data (ModelConfig, torch.Generator, SimpleNamespace, a model or an
-#   attention module): 06 get_batch, 12 kv_cache_size, 15 windowed_kv_cache_bytes, rolling_update,
-#   gemma2_layer, 17 mla_cache_bytes, 18 matched_hidden_dim, 19 (all three), 20 card_bytes,
-#   23 score_flops, 24 v4_cache_bytes, 25 accumulate_gradients, 26 split_parameters;
+# - a model or a module as the argument (built by the check, run by the learner's code):
+#   15 gemma2_layer, 25 accumulate_gradients, 26 split_parameters;
 # - an exception of a given type expected from the learner's code (it crosses as a RemoteError
 #   named alike, not the type itself): 18 seed_summary; the learner's source read with `inspect`:
 #   25 average_gradients;
@@ -63,23 +62,24 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "attention": frozenset({"scaled_dot_product", "causal_mask"}),
     "block": frozenset({"gelu_tanh"}),
     "gpt2": frozenset({"param_count"}),
-    "training": frozenset({"bigram_log_probs", "lr_schedule"}),
+    "training": frozenset({"get_batch", "bigram_log_probs", "lr_schedule"}),
     "generation": frozenset({"top_k", "top_p"}),
     "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
     "rmsnorm": frozenset({"llama_rms_norm", "gemma_rms_norm"}),
     "rope": frozenset({"rope_frequencies", "apply_rope", "apply_rope_interleaved", "interleaved_to_half",
                        "llama3_frequencies"}),
     "gated_ffn": frozenset({"gated_hidden_dim"}),
-    "gqa": frozenset({"grouped_query_attention"}),
+    "gqa": frozenset({"grouped_query_attention", "kv_cache_size"}),
     "llama": frozenset({"param_count"}),
-    "windows": frozenset({"sliding_window_mask"}),
-    "deepseek": frozenset({"latent_attention", "deepseek_route", "update_selection_bias"}),
-    "ablation": frozenset({"real_differences", "tokens_per_second"}),
-    "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts"}),
+    "windows": frozenset({"sliding_window_mask", "rolling_update", "windowed_kv_cache_bytes"}),
+    "deepseek": frozenset({"mla_cache_bytes", "latent_attention", "deepseek_route", "update_selection_bias"}),
+    "ablation": frozenset({"matched_hidden_dim", "real_differences", "tokens_per_second"}),
+    "model_card": frozenset({"moe_ffn_params", "serving_memory", "forward_flops"}),
+    "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts", "card_bytes"}),
     "norms_positions": frozenset({"rope_frequencies", "rope_layers", "chunked_mask"}),
     "linear_attention": frozenset({"delta_rule_step", "log_decay", "layer_schedule"}),
-    "sparse_attention": frozenset({"indexer_scores", "causal_top_k", "sparse_attention"}),
-    "deepseek_v4": frozenset({"compress", "csa_selection", "sinkhorn_knopp"}),
+    "sparse_attention": frozenset({"indexer_scores", "causal_top_k", "sparse_attention", "score_flops"}),
+    "deepseek_v4": frozenset({"compress", "csa_selection", "sinkhorn_knopp", "v4_cache_bytes"}),
     "distributed": frozenset({"training_bytes"}),
     "recipe": frozenset({"newton_schulz", "wsd_schedule"}),
 }

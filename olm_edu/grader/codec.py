@@ -4,8 +4,11 @@ A value is encoded as a JSON tree whose leaves are tagged; tensors go into one s
 and the tree names them by key. What is data crosses as data: None, bool, int, float (NaN and
 inf included), str, bytes, tuples, lists, dicts (keys of any encodable kind), torch tensors of
 any real or complex dtype (as a detached copy; `requires_grad` is not kept), torch dtypes and
-sizes, numpy arrays (as tensors). Subclasses of list, tuple and dict (Counter, defaultdict, a
-namedtuple) arrive as the plain kind: a check sees their items, not their type. Anything else (a function, a class, a module instance) stays
+sizes, numpy arrays (as tensors), and three kinds of plain record a check hands to the learner's
+code: a `ModelConfig` (its fields; rebuilt, and so validated, on arrival), a `types.SimpleNamespace`
+(its attributes) and a CPU `torch.Generator` (its state). Subclasses of list, tuple and dict (Counter,
+defaultdict, a namedtuple) arrive as the plain kind: a check sees their items, not their type.
+Anything else (a function, a class, a module instance) stays
 where it lives: the side that has it keeps it in a table and sends a *handle* ({"t": "handle"}),
 which the other side turns into a proxy (`remote.RemoteObject`). The grader never sends a handle
 of its own objects: what it cannot encode as data it refuses to send.
@@ -16,11 +19,14 @@ Decoding never runs code: the JSON parser and safetensors' own header parser rea
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from olm_edu.models.config import ModelConfig
 
 __all__ = ["encode", "decode", "write_message", "read_message", "NotData", "MAX_MESSAGE_BYTES"]
 
@@ -53,6 +59,12 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
         if getattr(value, "shape", None) == ():
             return encode(value.item(), tensors, keep)
         return _encode_tensor(torch.from_numpy(value.copy()), tensors)
+    if type(value) is ModelConfig:
+        return {"t": "config", "v": encode(value.to_dict(), tensors, keep)}
+    if type(value) is types.SimpleNamespace:
+        return {"t": "namespace", "v": encode(vars(value), tensors, keep)}
+    if isinstance(value, torch.Generator) and value.device.type == "cpu":
+        return {"t": "generator", "v": _encode_tensor(value.get_state(), tensors)}
     if isinstance(value, (tuple, list)):  # subclasses (a namedtuple) arrive as the plain kind
         kind = "tuple" if isinstance(value, tuple) else "list"
         return {"t": kind, "v": [encode(item, tensors, keep) for item in value]}
@@ -107,6 +119,18 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
         return items if kind == "list" else tuple(items)
     if kind == "dict":
         return {decode(k, tensors, handle): decode(v, tensors, handle) for k, v in value}
+    if kind in ("config", "namespace"):
+        fields = decode(value, tensors, handle)
+        if not isinstance(fields, dict) or not all(isinstance(name, str) for name in fields):
+            raise ValueError(f"malformed {kind}")
+        return ModelConfig(**fields) if kind == "config" else types.SimpleNamespace(**fields)
+    if kind == "generator":
+        state = decode(value, tensors)
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+            raise ValueError("malformed generator state")
+        generator = torch.Generator()
+        generator.set_state(state)
+        return generator
     if kind == "handle":
         if handle is None:
             raise ValueError("a handle where only data is accepted")

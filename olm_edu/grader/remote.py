@@ -18,6 +18,7 @@ those (the learner's nn.Module classes) are judged in the kernel instead (see `j
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -91,7 +92,12 @@ def _copy_back(sent: list, after: Any) -> None:
     if not isinstance(after, list) or len(after) != len(sent):
         return
     for original, changed in zip(sent, after):
-        if isinstance(original, torch.Tensor) and isinstance(changed, torch.Tensor):
+        if isinstance(original, torch.Generator) and isinstance(changed, torch.Generator):
+            original.set_state(changed.get_state())  # the learner's code drew from it
+        elif type(original) is types.SimpleNamespace and type(changed) is types.SimpleNamespace:
+            vars(original).clear()  # a record the learner's code fills in (a cache)
+            vars(original).update(vars(changed))
+        elif isinstance(original, torch.Tensor) and isinstance(changed, torch.Tensor):
             with torch.no_grad():
                 if original.shape == changed.shape and original.dtype == changed.dtype:
                     original.copy_(changed)
