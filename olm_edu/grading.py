@@ -101,6 +101,34 @@ class Check:
         except Exception as error:  # the learner's bug, reported with the case that caused it
             self.fail(f"your code raised {type(error).__name__}: {error} (on {what})" + _hint(hint))
 
+    def call_with_gradient(self, fn: Callable, *args: Any, wrt: int, what: str, hint: str = "",
+                           output: int | None = None, weight: torch.Tensor | None = None,
+                           **kwargs: Any) -> tuple[Any, bool, torch.Tensor | None]:
+        """Call the learner's `fn` with `args[wrt]` as a leaf that autograd tracks; return (the result,
+        whether its output requires grad, d sum(weight * output) / d args[wrt] or None when no gradient
+        reaches the leaf). `output` picks one item of a tuple result; without `weight` the output is
+        summed. Judged from the grader, the call and the backward pass both run in the student's
+        kernel and only the numbers come back (see `gradient_of`)."""
+        __tracebackhide__ = True
+        if not callable(fn):
+            self.fail(f"expected a function, got {type(fn).__name__}")
+        try:
+            remotely = getattr(type(fn), "call_with_gradient_remotely", None)
+            if remotely is not None:
+                return remotely(fn, args, kwargs, self._forbidden, self._reason, wrt, output, weight)
+            given = args[wrt]
+            leaf = given.detach().clone().requires_grad_(True)
+            with forbidden(*self._forbidden, reason=self._reason):
+                result = fn(*args[:wrt], leaf, *args[wrt + 1:], **kwargs)
+            with torch.no_grad():  # as the grader sees it: the input as the learner's code left it
+                if leaf.shape == given.shape and leaf.dtype == given.dtype:
+                    given.copy_(leaf)
+            return (result, *gradient_of(result, leaf, output, weight))
+        except (NotImplementedError, CheckFailed):
+            raise
+        except Exception as error:  # the learner's bug, in the forward or the backward pass
+            self.fail(f"your code raised {type(error).__name__}: {error} (on {what})" + _hint(hint))
+
     # -- comparisons ----------------------------------------------------------------------------
     def fail(self, message: str) -> None:
         __tracebackhide__ = True
@@ -197,14 +225,21 @@ class Check:
         """`close`, but when `got` is wrong and matches one of the usual mistakes, name it.
 
         mistakes: {message naming the mistake and its fix: what that mistake would output}.
-        Each is tried (same shape, same tolerance) before the generic "at index ..." report.
+        Each is tried (same shape, same tolerance) before the generic "at index ..." report; when
+        several match (two mistakes can give nearly the same number), the nearest is named.
         """
         __tracebackhide__ = True
         if not allclose(got, expected, atol=atol, rtol=rtol):
-            for message, wrong in mistakes.items():
-                if allclose(got, wrong, atol=atol, rtol=rtol):
-                    self.fail(f"{what}: {message}")
+            matches = [(_distance(got, wrong), message) for message, wrong in mistakes.items()
+                       if allclose(got, wrong, atol=atol, rtol=rtol)]
+            if matches:
+                self.fail(f"{what}: {min(matches, key=lambda match: match[0])[1]}")
         self.close(got, expected, what=what, atol=atol, rtol=rtol, hint=hint)
+
+
+def _distance(got: torch.Tensor, wrong: torch.Tensor) -> float:
+    """The largest |got - wrong| (for shapes `allclose` already matched)."""
+    return float((got.detach().double().cpu() - wrong.detach().double().cpu()).abs().max()) if got.numel() else 0.0
 
 
 def allclose(got: Any, expected: torch.Tensor, *, atol: float, rtol: float) -> bool:
@@ -302,6 +337,26 @@ def _report_failure(shell: Any, title: str, error_type: type[Exception], line: s
     # traceback is just our line. The execute_reply stays "ok", so the front end runs the next cell.
     shell._showtraceback(error_type, error_type(line), [line])
     shell._olm_edu_failed = (shell.execution_count, title)
+
+
+def gradient_of(result: Any, leaf: torch.Tensor, output: int | None = None,
+                weight: torch.Tensor | None = None) -> tuple[bool, torch.Tensor | None]:
+    """(whether the output requires grad, d sum(weight * output) / d leaf, or None when it is unused or
+    the backward pass fails):
+    the backward half of `Check.call_with_gradient`, the same code wherever the learner's code runs."""
+    value = result
+    if output is not None:
+        value = result[output] if isinstance(result, (tuple, list)) and len(result) > output else None
+    if not isinstance(value, torch.Tensor) or not value.requires_grad:
+        return False, None
+    if weight is not None and value.shape != weight.shape:  # the check reports the wrong shape itself
+        return True, None
+    total = value.sum() if weight is None else (value * weight.to(value.dtype)).sum()
+    try:
+        (gradient,) = torch.autograd.grad(total, leaf, allow_unused=True)
+    except RuntimeError:  # e.g. a tensor autograd needs was changed in place: no usable gradient
+        return True, None
+    return True, gradient
 
 
 @contextlib.contextmanager

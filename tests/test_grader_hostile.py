@@ -254,7 +254,9 @@ JUDGED_GROUPS = {"part 1 (03 attention)": ("attention", "scaled_dot_product"),
                  "part 4 (26 training recipe)": ("recipe", "newton_schulz"),
                  # records crossing into the kernel: a SimpleNamespace the answer fills in, a ModelConfig
                  "a cache record (15 windows)": ("windows", "rolling_update"),
-                 "a config (24 deepseek-v4)": ("deepseek_v4", "v4_cache_bytes")}
+                 "a config (24 deepseek-v4)": ("deepseek_v4", "v4_cache_bytes"),
+                 # a backward pass run in the kernel, its gradient judged in the grader
+                 "gradients (16 moe)": ("moe", "router_z_loss")}
 
 PATCH_EVERYTHING = """\
 import sys, torch, olm_edu.grading

@@ -151,8 +151,21 @@ def _lessons_by_check_module() -> dict[str, Path]:
     return found
 
 
+def _is_setting(node) -> bool:
+    """`top_k = 2` or `num_experts, top_k = 8, 2`: names bound to literal constants."""
+    import ast
+
+    def names(target) -> bool:
+        return isinstance(target, ast.Name) or isinstance(target, ast.Tuple) and all(names(t) for t in target.elts)
+
+    def constant(value) -> bool:
+        return isinstance(value, ast.Constant) or isinstance(value, ast.Tuple) and all(constant(v) for v in value.elts)
+
+    return isinstance(node, ast.Assign) and all(names(t) for t in node.targets) and constant(node.value)
+
+
 def _definitions(source: str) -> str:
-    """The imports, functions and classes a cell defines (not what it runs: plots, training loops)."""
+    """The imports, functions, classes and constants a cell defines (not what it runs: plots, training loops)."""
     import ast
 
     try:
@@ -160,7 +173,8 @@ def _definitions(source: str) -> str:
     except SyntaxError:  # IPython syntax (magics)
         return ""
     kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
-            and not (isinstance(node, ast.ImportFrom) and node.module == "olm_edu.checks")]
+            and not (isinstance(node, ast.ImportFrom) and node.module == "olm_edu.checks")
+            or _is_setting(node)]
     return ast.unparse(ast.Module(kept, []))
 
 

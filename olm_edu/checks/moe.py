@@ -100,16 +100,12 @@ def _by_expert(experts: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     return experts.gather(-1, order), weights.gather(-1, order)
 
 
-def _gradient(check: Check, value: Any, leaf: torch.Tensor, projection: torch.Tensor | None, what: str,
-              hint: str) -> torch.Tensor:
-    """d(sum(value * projection))/d(leaf), failing with `hint` when no gradient reaches the leaf."""
+def _gradient(check: Check, tracked: bool, gradient: torch.Tensor | None, what: str, hint: str,
+              reaches: str = "the router logits") -> torch.Tensor:
+    """The gradient `Check.call_with_gradient` measured, failing with `hint` when none reaches the input."""
     __tracebackhide__ = True
-    if not isinstance(value, torch.Tensor) or not value.requires_grad:
-        check.fail(f"{what}: no gradient reaches the router logits. {hint}")
-    total = value.sum() if projection is None else (value * projection).sum()
-    (gradient,) = torch.autograd.grad(total, leaf, allow_unused=True)
-    if gradient is None:
-        check.fail(f"{what}: no gradient reaches the router logits. {hint}")
+    if not tracked or gradient is None:
+        check.fail(f"{what}: no gradient reaches {reaches}. {hint}")
     return gradient
 
 
@@ -170,6 +166,10 @@ RAW_LOGITS = ("your weights are the raw logits of the chosen experts: turn the l
 def _route_call(check: Check, fn: Callable, logits: torch.Tensor, k: int, renormalize: bool, what: str):
     result = check.call(fn, logits, k, renormalize=renormalize, what=what,
                         hint="return (weights, experts), each of shape (N, k)")
+    return _route_result(check, result, logits, k, what)
+
+
+def _route_result(check: Check, result: Any, logits: torch.Tensor, k: int, what: str):
     if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)):
         check.fail(f"{what} should return a tuple (weights, experts) of two tensors, got {type(result).__name__}")
     weights, experts = result
@@ -253,14 +253,19 @@ def route(check: Check, fn: Callable) -> None:
                      "row maximum first)" if "large" in description else ""),
         )
         if index in (0, 2):  # the router learns only through the weights: they must carry a gradient
-            leaf = original.clone().requires_grad_(True)
             what_grad = f"{what}, gradient of the weights"
-            weights, experts = _route_call(check, fn, leaf, k, renormalize, what_grad)
-            projection = check.randn(n, k)
-            _, sorted_weights = _by_expert(experts, weights)
+            projection = check.randn(n, k)  # weighs the weights sorted by expert: slot j of the sorted row
+            in_order = torch.zeros(n, k).scatter(-1, experts.argsort(dim=-1), projection)  # the same, unsorted
+            result, tracked, gradient = check.call_with_gradient(
+                fn, original.clone(), k, renormalize=renormalize, wrt=0, output=0, weight=in_order, what=what_grad,
+                hint="return (weights, experts), each of shape (N, k)")
+            _, experts_again = _route_result(check, result, original, k, what_grad)
+            if not torch.equal(experts_again, experts):
+                check.fail(f"{what_grad}: the same logits chose other experts ({experts_again.tolist()} after "
+                           f"{experts.tolist()}); routing must depend on the logits alone")
             hint = ("The router is trained only through the routing weights (the choice itself has no gradient): "
                     "do not detach them, call .item()/.tolist(), or compute them under torch.no_grad()")
-            got = _gradient(check, sorted_weights, leaf, projection, what_grad, hint)
+            got = _gradient(check, tracked, gradient, what_grad, hint)
             reference_leaf = original.double().requires_grad_(True)
             reference_weights, _ = _exact_route(reference_leaf, k, renormalize)
             (expected,) = torch.autograd.grad((reference_weights * projection.double()).sum(), reference_leaf)
@@ -365,11 +370,14 @@ def moe_forward(check: Check, fn: Callable) -> None:
                 f"down_proj ({e}, {d}, {f}), k={k})")
         if poisoned:
             what += f" [no token chooses expert {unused}, whose weights are NaN]"
-        if index == 0:
-            router = router.clone().requires_grad_(True)
-        got = check.call(fn, x, router, gate, up, down, k, what=what,
-                         hint="the weights are stored as nn.Linear stores them, (out, in): F.linear(h, gate_proj[e]) "
-                              "is h @ gate_proj[e].T")
+        hint = ("the weights are stored as nn.Linear stores them, (out, in): F.linear(h, gate_proj[e]) "
+                "is h @ gate_proj[e].T")
+        if index == 0:  # the router learns through the weights of the combination: measure d(out . projection)
+            projection = check.randn(b, t, d)
+            got, tracked, got_grad = check.call_with_gradient(fn, x, router, gate, up, down, k, wrt=1,
+                                                              weight=projection, what=what, hint=hint)
+        else:
+            got = check.call(fn, x, router, gate, up, down, k, what=what, hint=hint)
         for tensor, original, name in zip((x, router, gate, up, down), originals,
                                           ("x", "router_weight", "gate_proj", "up_proj", "down_proj")):
             check.expect(torch.equal(tensor.detach(), original) or (poisoned and torch.equal(
@@ -395,12 +403,7 @@ def moe_forward(check: Check, fn: Callable) -> None:
         if index == 0:  # the router learns through the weights of the combination
             hint = ("The router weight learns only through the routing weights that scale the expert outputs: keep "
                     "them in the autograd graph (no torch.no_grad(), .detach() or .item() on the way)")
-            if not got.requires_grad:
-                check.fail(f"{what}: no gradient reaches router_weight. {hint}")
-            projection = check.randn(*shape)
-            (got_grad,) = torch.autograd.grad((got * projection).sum(), router, allow_unused=True)
-            if got_grad is None:
-                check.fail(f"{what}: no gradient reaches router_weight. {hint}")
+            got_grad = _gradient(check, tracked, got_grad, what, hint, reaches="router_weight")
             reference_router = flat[1].clone().requires_grad_(True)
             logits = flat[0].reshape(-1, d) @ reference_router.T
             weights, experts = _exact_route(logits, k)
@@ -469,10 +472,9 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
     for index, (logits, k, description) in enumerate(cases):
         n, e = logits.shape
         what = f"load_balancing_loss(logits of shape ({n}, {e}), k={k}) [{description}]"
-        original = logits.clone()
-        leaf = logits.clone().requires_grad_(True)
-        got = check.call(fn, leaf, k, what=what)
-        check.expect(torch.equal(leaf.detach(), original), f"{what} changed the logits it was given")
+        original, given = logits.clone(), logits.clone()
+        got, tracked, gradient = check.call_with_gradient(fn, given, k, wrt=0, what=what)
+        check.expect(torch.equal(given, original), f"{what} changed the logits it was given")
         if not isinstance(got, torch.Tensor):
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: stay in tensor "
                        "operations (no .item(), no Python float): the loss must carry a gradient")
@@ -485,7 +487,7 @@ def load_balancing_loss(check: Check, fn: Callable) -> None:
         if index in (0, 1):
             hint = ("The gradient flows through P (the mean probabilities); f is a count and has none. Keep the "
                     "softmax in the graph: no .detach(), .item() or torch.no_grad() around P")
-            got_grad = _gradient(check, got, leaf, None, what, hint)
+            got_grad = _gradient(check, tracked, gradient, what, hint)
             reference_leaf = original.double().requires_grad_(True)
             (expected_grad,) = torch.autograd.grad(_exact_balance(reference_leaf, k), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,
@@ -529,10 +531,9 @@ def router_z_loss(check: Check, fn: Callable) -> None:
     for index, (logits, description) in enumerate(cases):
         n, e = logits.shape
         what = f"router_z_loss(logits of shape ({n}, {e})) [{description}]"
-        original = logits.clone()
-        leaf = logits.clone().requires_grad_(True)
-        got = check.call(fn, leaf, what=what)
-        check.expect(torch.equal(leaf.detach(), original), f"{what} changed the logits it was given")
+        original, given = logits.clone(), logits.clone()
+        got, tracked, gradient = check.call_with_gradient(fn, given, wrt=0, what=what)
+        check.expect(torch.equal(given, original), f"{what} changed the logits it was given")
         if not isinstance(got, torch.Tensor):
             check.fail(f"{what}: expected a 0-dim torch.Tensor, got {type(got).__name__}. Hint: no .item(): the loss "
                        "must carry a gradient")
@@ -543,7 +544,7 @@ def router_z_loss(check: Check, fn: Callable) -> None:
         )
         if index == 0:
             hint = "keep the loss in the autograd graph (no .detach(), .item() or torch.no_grad())"
-            got_grad = _gradient(check, got, leaf, None, what, hint)
+            got_grad = _gradient(check, tracked, gradient, what, hint)
             reference_leaf = original.double().requires_grad_(True)
             (expected_grad,) = torch.autograd.grad(_exact_z_loss(reference_leaf), reference_leaf)
             check.close(got_grad, expected_grad, what=f"{what}: the gradient with respect to the logits", **GRAD_TOL,

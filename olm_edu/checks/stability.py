@@ -272,12 +272,11 @@ def z_loss(check: Check, fn: ZLossFn) -> None:
                                      "averaged over the positions")
 
     # The loss is trained on: it must stay a tensor with the right gradient, 2 log Z softmax(z) / N.
-    logits = check.randn(3, 6, scale=2.0).requires_grad_()
-    loss = check.call(fn, logits, what="logits that require grad")
-    check.expect(isinstance(loss, torch.Tensor) and loss.requires_grad,
+    logits = check.randn(3, 6, scale=2.0)
+    _, tracked, gradient = check.call_with_gradient(fn, logits, wrt=0, what="logits that require grad")
+    check.expect(tracked and gradient is not None,
                  "your z-loss does not require grad, so training could not use it. Hint: compute it from `logits` "
                  "with tensor operations only (no .item(), no math.log)")
-    (gradient,) = torch.autograd.grad(loss, logits)
     reference = logits.detach().requires_grad_()
     (expected_gradient,) = torch.autograd.grad(_log_partition(reference).square().mean(), reference)
     check.close(gradient, expected_gradient.float(), what="gradient of your z-loss with respect to the logits",
@@ -339,11 +338,10 @@ def softcap(check: Check, fn: SoftcapFn) -> None:
 
     # The slope: 1 at 0 (small logits pass unchanged), 1 - tanh(3)^2 ≈ 0.01 at three caps (not 0, as a clamp).
     cap = 20.0
-    points = torch.tensor([0.0, cap, 3 * cap, -3 * cap], requires_grad=True)
-    out = check.call(fn, points, cap, what="inputs that require grad")
-    check.expect(isinstance(out, torch.Tensor) and out.requires_grad,
+    points = torch.tensor([0.0, cap, 3 * cap, -3 * cap])
+    _, tracked, slope = check.call_with_gradient(fn, points, cap, wrt=0, what="inputs that require grad")
+    check.expect(tracked and slope is not None,
                  "your soft-cap does not pass gradients. Hint: use tensor operations (torch.tanh) on x")
-    (slope,) = torch.autograd.grad(out.sum(), points)
-    expected_slope = 1.0 - torch.tanh(points.detach().double() / cap).square()
+    expected_slope = 1.0 - torch.tanh(points.double() / cap).square()
     check.close(slope, expected_slope.float(), what=f"slope of your soft-cap at x = 0, cap, 3 cap, -3 cap (cap={cap:g})",
                 atol=1e-6, rtol=1e-4, hint="the slope of cap * tanh(x / cap) is 1 - tanh(x / cap)^2")

@@ -186,13 +186,12 @@ def cross_entropy(check: Check, fn: LossFn) -> None:
                     hint=_diagnose_cross_entropy(logits, targets, got.detach()))
 
     # Gradients must flow: the loss is what training differentiates.
-    logits = check.randn(2, 4, 9).requires_grad_()
+    logits = check.randn(2, 4, 9)
     targets = check.randint(0, 9, 2, 4)
-    loss = check.call(fn, logits, targets, what="logits that require grad")
-    check.expect(isinstance(loss, torch.Tensor) and loss.requires_grad,
+    _, tracked, gradient = check.call_with_gradient(fn, logits, targets, wrt=0, what="logits that require grad")
+    check.expect(tracked and gradient is not None,
                  "your loss does not require grad, so training could not differentiate it. Hint: compute it from "
                  "`logits` with tensor operations only (no .item(), no torch.tensor(...) around a result)")
-    (gradient,) = torch.autograd.grad(loss, logits)
     reference = logits.detach().requires_grad_()
     (expected_gradient,) = torch.autograd.grad(_reference_cross_entropy(reference, targets), reference)
     check.close(gradient, expected_gradient, what="gradient of your loss with respect to the logits", atol=1e-6)

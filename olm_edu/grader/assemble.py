@@ -32,7 +32,8 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 
 # The checks the grader judges in its own process (`remote`), by check module: each calls the
 # learner's functions on data (tensors, numbers, lists, dicts, and the plain records `codec` carries:
-# a ModelConfig, a SimpleNamespace, a torch.Generator) and judges what comes back, so
+# a ModelConfig, a SimpleNamespace, a torch.Generator) and judges what comes back (gradients
+# included: `Check.call_with_gradient` runs the backward pass in the kernel too), so
 # nothing in the student's kernel can change its verdict. A check cell is judged here when every
 # `check.<name>(...)` it calls is listed; the others run in the (sandboxed) kernel, hardened by
 # `trusted_check_source`. Those are the checks that need what a proxy cannot carry:
@@ -40,8 +41,6 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 #   02 token_and_position, 03 multi_head, 04 layer_norm, mlp, block, 05 gpt2, init, 09 rms_norm,
 #   11 swiglu, geglu, 13 decoder_layer, llama, convert_state_dict, 14 qk_norm_attention,
 #   21 post_sublayer_block;
-# - gradients through the learner's output (`requires_grad` does not cross): 06 cross_entropy,
-#   14 z_loss, softcap, 16 route, moe_forward, load_balancing_loss, router_z_loss;
 # - a model or a module as the argument (built by the check, run by the learner's code):
 #   15 gemma2_layer, 25 accumulate_gradients, 26 split_parameters;
 # - an exception of a given type expected from the learner's code (it crosses as a RemoteError
@@ -62,7 +61,7 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "attention": frozenset({"scaled_dot_product", "causal_mask"}),
     "block": frozenset({"gelu_tanh"}),
     "gpt2": frozenset({"param_count"}),
-    "training": frozenset({"get_batch", "bigram_log_probs", "lr_schedule"}),
+    "training": frozenset({"get_batch", "bigram_log_probs", "cross_entropy", "lr_schedule"}),
     "generation": frozenset({"top_k", "top_p"}),
     "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
     "rmsnorm": frozenset({"llama_rms_norm", "gemma_rms_norm"}),
@@ -71,7 +70,9 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "gated_ffn": frozenset({"gated_hidden_dim"}),
     "gqa": frozenset({"grouped_query_attention", "kv_cache_size"}),
     "llama": frozenset({"param_count"}),
+    "stability": frozenset({"z_loss", "softcap"}),
     "windows": frozenset({"sliding_window_mask", "rolling_update", "windowed_kv_cache_bytes"}),
+    "moe": frozenset({"route", "moe_forward", "load_balancing_loss", "router_z_loss"}),
     "deepseek": frozenset({"mla_cache_bytes", "latent_attention", "deepseek_route", "update_selection_bias"}),
     "ablation": frozenset({"matched_hidden_dim", "real_differences", "tokens_per_second"}),
     "model_card": frozenset({"moe_ffn_params", "serving_memory", "forward_flops"}),

@@ -59,13 +59,16 @@ def _perform(request: dict, tensors: dict) -> tuple[Any, Any]:
         args = decode(request["args"], tensors, _lookup)
         kwargs = decode(request["kwargs"], tensors, _lookup)
         forbid = [str(name) for name in request.get("forbid", [])]
-        if forbid:
-            from olm_edu.grading import forbidden
+        gradient = decode(request["gradient"], tensors) if "gradient" in request else None
+        if gradient is not None:  # Check.call_with_gradient: [wrt, output, weight]
+            wrt, output, weight = gradient
+            leaf = args[wrt] = args[wrt].detach().requires_grad_(True)
+        from olm_edu.grading import forbidden, gradient_of
 
-            with forbidden(*forbid, reason=str(request.get("reason", ""))):
-                result = target(*args, **kwargs)
-        else:
+        with forbidden(*forbid, reason=str(request.get("reason", ""))):
             result = target(*args, **kwargs)
+        if gradient is not None:
+            return (result, *gradient_of(result, leaf, output, weight)), args
         return result, args
     raise ValueError(f"unknown request {op!r}")
 

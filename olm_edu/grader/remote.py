@@ -56,7 +56,7 @@ class Kernel:
         tensors: dict[str, torch.Tensor] = {}
         message = {"op": op}
         for key, value in fields.items():
-            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key") else value
+            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key", "gradient") else value
         write_message(self.channel, "request", message, tensors)
         self.execute(f"__import__('olm_edu.grader.kernel_side', fromlist=['serve']).serve({str(self.channel)!r})")
         try:
@@ -138,6 +138,20 @@ class RemoteObject:
             raise TypeError(f"this check cannot be judged outside the kernel: {error}") from None
         _copy_back(list(args), after)
         return value
+
+    def call_with_gradient_remotely(self, args: tuple, kwargs: dict, forbid: tuple[str, ...], reason: str, wrt: int,
+                                    output: int | None, weight: torch.Tensor | None) -> tuple[Any, bool, Any]:
+        """`Check.call_with_gradient` in the kernel: (result, whether it requires grad, the gradient)."""
+        try:
+            (value, tracked, gradient), after = self._kernel.request(
+                "call", target=self._handle, args=list(args), kwargs=dict(kwargs), forbid=list(forbid), reason=reason,
+                gradient=[int(wrt), output, weight])
+        except NotData as error:
+            raise TypeError(f"this check cannot be judged outside the kernel: {error}") from None
+        except (TypeError, ValueError):
+            raise RemoteError("your code returned nothing the grader could read") from None
+        _copy_back(list(args), after)
+        return value, bool(tracked), gradient
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.call_remotely(args, kwargs)
