@@ -39,6 +39,23 @@ def test_data_crosses_as_data_exactly():
         assert back.dtype == tensor.dtype and torch.equal(back, tensor)
 
 
+def test_views_keep_their_layout_and_errors_their_builtin_type(proxy):
+    """A transposed or expanded input arrives as the same kind of view (a check of `.view()` on a
+    non-contiguous input stays a check), and a learner's ValueError is a ValueError to the check."""
+    for view in (torch.randn(2, 3, 4).transpose(1, 2), torch.randn(3, 1).expand(3, 5), torch.randn(4, 6)[:, ::2]):
+        back = round_trip(view)
+        assert back.stride() == view.stride() and not back.is_contiguous() and torch.equal(back, view)
+    with pytest.raises(ValueError, match="malformed strided"):
+        node = encode(torch.randn(3, 1).expand(3, 5), tensors := {})
+        decode({**node, "size": [30, 5]}, tensors)
+
+    def refuse(x):
+        raise ValueError("one seed has no spread")
+
+    with pytest.raises(ValueError, match="^one seed has no spread$"):
+        proxy(refuse)(1)
+
+
 def test_plain_records_cross_as_records():
     """A config, a namespace and a generator are rebuilt on arrival (a config validated again)."""
     import types

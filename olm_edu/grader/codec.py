@@ -3,7 +3,8 @@
 A value is encoded as a JSON tree whose leaves are tagged; tensors go into one safetensors file
 and the tree names them by key. What is data crosses as data: None, bool, int, float (NaN and
 inf included), str, bytes, tuples, lists, dicts (keys of any encodable kind), torch tensors of
-any real or complex dtype (as a detached copy; `requires_grad` is not kept), torch dtypes and
+any real or complex dtype (as a detached copy, a non-contiguous view as the same view of a copy;
+`requires_grad` is not kept), torch dtypes and
 sizes, numpy arrays (as tensors), and three kinds of plain record a check hands to the learner's
 code: a `ModelConfig` (its fields; rebuilt, and so validated, on arrival), a `types.SimpleNamespace`
 (its attributes) and a CPU `torch.Generator` (its state). Subclasses of list, tuple and dict (Counter,
@@ -77,12 +78,30 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
 
 def _encode_tensor(tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
     key = f"t{len(tensors)}"
-    copy = tensor.detach().cpu().clone().contiguous()
-    kind = "tensor"
+    tensor = tensor.detach().cpu()
+    node = {"t": "tensor", "v": key, "parameter": isinstance(tensor, torch.nn.Parameter)}
+    strides = _layout(tensor)
+    if strides is not None:  # a view (a transpose, an expand) crosses as the same view of a small buffer
+        span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, strides))
+        buffer = torch.zeros(span, dtype=tensor.dtype)
+        index = torch.as_strided(torch.arange(span), tensor.shape, strides).reshape(-1)  # repeats where it overlaps
+        buffer[index] = tensor.reshape(-1)
+        tensors[key] = buffer
+        return {**node, "size": list(tensor.shape), "stride": list(strides)}
+    copy = tensor.clone().contiguous()
     if copy.is_complex():
-        copy, kind = torch.view_as_real(copy).clone(), "complex_tensor"
+        copy, node["t"] = torch.view_as_real(copy).clone(), "complex_tensor"
     tensors[key] = copy
-    return {"t": kind, "v": key, "parameter": isinstance(tensor, torch.nn.Parameter)}
+    return node
+
+
+def _layout(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The strides worth keeping: those of a non-contiguous real tensor whose view fits a buffer at
+    most a few times its size (a check's transposed or expanded input); None: send it contiguous."""
+    if tensor.is_contiguous() or tensor.is_complex() or tensor.numel() == 0 or tensor.layout != torch.strided:
+        return None
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    return tuple(tensor.stride()) if span <= 4 * tensor.numel() + 1024 else None
 
 
 def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, str], Any] | None = None) -> Any:
@@ -111,6 +130,12 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
         return torch.Size(int(v) for v in value)
     if kind in ("tensor", "complex_tensor"):
         tensor = tensors[str(value)]
+        if "stride" in node:
+            size, stride = [int(v) for v in node["size"]], [int(v) for v in node["stride"]]
+            if len(size) != len(stride) or min(stride + size, default=0) < 0 or tensor.dim() != 1 or (
+                    size and 1 + sum((n - 1) * s for n, s in zip(size, stride)) > tensor.numel()):
+                raise ValueError("malformed strided tensor")
+            tensor = torch.as_strided(tensor, size, stride)
         if kind == "complex_tensor":
             tensor = torch.view_as_complex(tensor.contiguous())
         return torch.nn.Parameter(tensor, requires_grad=False) if node.get("parameter") else tensor

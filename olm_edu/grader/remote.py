@@ -18,6 +18,7 @@ those (the learner's nn.Module classes) are judged in the kernel instead (see `j
 
 from __future__ import annotations
 
+import builtins
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -34,8 +35,21 @@ class RemoteError(Exception):
     """An exception raised by the learner's code in the kernel (its type name is the class name)."""
 
 
+def _message_only(self: BaseException, message: str = "") -> None:
+    BaseException.__init__(self, message)  # not the built-in's own __init__ (UnicodeError wants five)
+
+
 def _error_class(name: str) -> type[RemoteError]:
+    """A RemoteError named as the learner's exception; for a built-in type (ValueError, KeyError)
+    also an instance of it, so that a check's `except ValueError` sees what it would see in the kernel."""
     safe = name if name.isidentifier() else "Error"
+    builtin = getattr(builtins, safe, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception) and not issubclass(builtin, AssertionError):
+        try:
+            return type(safe, (RemoteError, builtin), {"__module__": "student", "__init__": _message_only,
+                                                      "__str__": lambda self: str(self.args[0]) if self.args else ""})
+        except TypeError:  # a built-in whose layout cannot be combined
+            pass
     return type(safe, (RemoteError,), {"__module__": "student"})
 
 
