@@ -130,6 +130,7 @@ def nanogpt_contender(path: str, cfg: ModelConfig, hf_weights: dict[str, torch.T
     if spec is None or spec.loader is None:
         raise SystemExit(f"--nanogpt {path}: no model.py there")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.compile imports the model's module by name
     spec.loader.exec_module(module)
     config = module.GPTConfig(block_size=cfg.max_seq_len, vocab_size=cfg.vocab_size, n_layer=cfg.num_layers,
                               n_head=cfg.num_heads, n_embd=cfg.embed_dim, dropout=0.0, bias=True)

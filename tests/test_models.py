@@ -154,3 +154,17 @@ def test_diff_of_gpt2_and_llama_shows_the_knobs_that_changed():
     for knob in ("norm", "position", "ffn", "activation", "qkv_bias", "tie_embeddings", "num_kv_heads"):
         assert knob in table
     assert "causal" not in table
+
+
+def test_the_model_traces_as_one_graph_for_torch_compile():
+    """The input checks (ids in range, positions in the table) are skipped while compiling, so
+    torch.compile sees one graph; eager calls still refuse bad ids with a clear error."""
+    from olm_edu.models import build
+    from olm_edu.models.presets import preset
+
+    cfg = preset("gpt2").replace(num_layers=2, embed_dim=32, num_heads=2, hidden_dim=64, vocab_size=50)
+    model = build(cfg)
+    explained = torch._dynamo.explain(model)(torch.randint(0, 50, (2, 8)))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    with pytest.raises(ValueError, match="token id 60 is out of range: vocab_size=50"):
+        model(torch.tensor([[1, 60]]))

@@ -296,6 +296,8 @@ class Transformer(nn.Module):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
             shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"ids must be an integer tensor of shape (batch, length), got {shape}")
+        if torch.compiler.is_compiling():  # a data-dependent test would split the compiled graph
+            return
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0].item()
             raise ValueError(f"token id {bad} is out of range: vocab_size={self.config.vocab_size} (ids 0..{self.config.vocab_size - 1})")
