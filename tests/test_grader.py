@@ -318,3 +318,30 @@ def test_course_gradebook_leaves_ungraded_lessons_blank_with_the_reason(tmp_path
     assert (rows["bob"]["00_welcome"], rows["bob"]["00_welcome note"]) == ("", "not submitted")
     assert rows["bob"]["01_tokens"] == "" and "worker crashed" in rows["bob"]["01_tokens note"]
     assert "01_tokens/feedback/alice.html" in (tmp_path / "out" / "feedback" / "alice.html").read_text()
+
+
+def test_submissions_graded_at_once_share_the_cores(tmp_path, monkeypatch):
+    """N jobs on C cores: each submission's kernel and worker get C // N torch threads (a pool as
+    large as the machine per submission would oversubscribe it); an instructor's value is kept."""
+    from olm_edu.grader import worker
+    from olm_edu.grader.sandbox import thread_env
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("ada", "bob"):
+        nbformat.write(submission(), folder / f"{name}.ipynb")
+    seen = []
+
+    def fake_grade_one(path, solution, student, limits, snapshot, sandbox):
+        seen.append(limits.threads)
+        return grader.SubmissionResult(student, str(path), status="system error", detail="not graded here")
+
+    monkeypatch.setattr(grader, "grade_one", fake_grade_one)
+    monkeypatch.setattr(grader.os, "cpu_count", lambda: 4)
+    grade([folder], LESSON[:2], tmp_path / "out", course=ROOT, jobs=2, progress=False, resume=False)
+    grade([folder], LESSON[:2], tmp_path / "out1", course=ROOT, jobs=3, progress=False, resume=False,
+          limits=Limits(threads=3))
+    assert seen == [2, 2, 3, 3]
+    assert thread_env(2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"} and thread_env(None) == {}
+    env = worker._kernel_env({"sandbox": True, "workdir": str(tmp_path), "seed": 1, "threads": 2})
+    assert env["OMP_NUM_THREADS"] == "2"

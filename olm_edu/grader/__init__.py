@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -49,7 +49,7 @@ import psutil
 import olm_edu
 from olm_edu.grader.assemble import Exercise, assemble, exercises_of
 from olm_edu.grader.report import write_reports
-from olm_edu.grader.sandbox import SandboxLimits, SandboxUnavailable, sandbox_problem, sandbox_uid
+from olm_edu.grader.sandbox import SandboxLimits, SandboxUnavailable, sandbox_problem, sandbox_uid, thread_env
 
 if TYPE_CHECKING:  # imported where used: the student's kernel imports this package (for `kernel_side`)
     import nbformat  # and must not pay for nbformat's schema validators (~2 s of CPU per submission)
@@ -68,6 +68,7 @@ class Limits:
     memory_mb: int = 4096  # resident memory of the whole process tree
     processes: int = 256  # processes and threads in the sandbox
     disk_mb: int = 256  # the working folder (/home/student); /tmp and /dev/shm get half each
+    threads: int | None = None  # torch threads of each submission's kernel and worker (None: cores // jobs)
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(processes=self.processes, address_space_mb=max(16384, 4 * self.memory_mb),
@@ -216,8 +217,9 @@ def _run_worker(job: dict, limits: Limits) -> str | None:
     job_file = job_dir / "job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
     log = open(job_dir / "worker.log", "w")
+    env = {**os.environ, **thread_env(job.get("threads"))}
     worker = subprocess.Popen([sys.executable, "-m", "olm_edu.grader.worker", str(job_file)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     process = psutil.Process(worker.pid)
     deadline = time.monotonic() + limits.notebook_seconds
     stopped = None
@@ -304,7 +306,8 @@ def grade_one(path: Path, solution: nbformat.NotebookNode, student: str, limits:
         job = {"notebook": str(notebook_file), "workdir": str(workdir), "channel": str(channel),
                "results": str(Path(scratch, "results.jsonl")), "token": token, "seed": seed,
                "cell_timeout": limits.cell_seconds, "sandbox": sandbox, "sandbox_limits": asdict(limits.sandbox_limits()),
-               "judged_here": sorted(graded.check_sources), "check_sources": graded.check_sources}
+               "judged_here": sorted(graded.check_sources), "check_sources": graded.check_sources,
+               "threads": limits.threads}
         stopped = _run_worker(job, limits)
         checks, answer_errors, end = _read_results(Path(job["results"]))
         log_file = Path(scratch, "worker.log")
@@ -427,6 +430,8 @@ def grade(submissions: list[Path], lesson: str, out: Path, *, course: Path | Non
     pending = [(path, student) for path, student in to_grade if keys[student] not in done]
     by_student = {student: done[keys[student]] for _, student in to_grade if keys[student] in done}
     jobs = max(1, jobs or os.cpu_count() or 1)
+    if limits.threads is None and cluster is None:  # share the cores between the submissions graded at once
+        limits = replace(limits, threads=max(1, (os.cpu_count() or 1) // jobs))
 
     def finished() -> Iterator[SubmissionResult]:
         if cluster is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import olm_edu
 
-__all__ = ["SandboxLimits", "SandboxUnavailable", "sandbox_problem", "sandbox_command", "HOME", "INSTALL_HINT"]
+__all__ = ["SandboxLimits", "SandboxUnavailable", "sandbox_problem", "sandbox_command", "thread_env", "HOME", "INSTALL_HINT"]
 
 HOME = "/home/student"
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`) "
@@ -147,3 +147,9 @@ def sandbox_uid(worker_pid: int | None = None) -> int:
     """A user id no other running sandbox has: RLIMIT_NPROC counts per user id, so two sandboxes
     sharing one would share their process budget. Derived from the worker's process id."""
     return 200_000 + (os.getpid() if worker_pid is None else worker_pid)
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment variables that size torch's (OpenMP's) thread pool; none when `threads` is None.
+    N submissions at once, each with a pool as large as the machine, would fight over the cores."""
+    return {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

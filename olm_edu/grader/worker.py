@@ -42,7 +42,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from olm_edu.grader.remote import Kernel, RemoteError
-from olm_edu.grader.sandbox import HOME, SandboxLimits, sandbox_command, sandbox_uid
+from olm_edu.grader.sandbox import HOME, SandboxLimits, sandbox_command, sandbox_uid, thread_env
 
 MESSAGE_LIMIT = 2000  # characters of a check's message kept for feedback
 _VERDICT_MARKS = ("✅", "❌", "⏳")
@@ -137,7 +137,7 @@ def _kernel_env(job: dict) -> dict[str, str]:
     return {"HOME": HOME if job["sandbox"] else job["workdir"], "PATH": "/usr/local/bin:/usr/bin:/bin",
             "OLM_EDU_CHECK_SEED": str(job["seed"]), "OLM_EDU_CHECKS_RAISE": "1", "MPLBACKEND": "Agg",
             "PYTHONPATH": package_parent,
-            "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+            "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8", **thread_env(job.get("threads"))}
 
 
 def _kernel_manager(job: dict, channel: Path) -> tuple[SandboxedKernelManager, str]:
