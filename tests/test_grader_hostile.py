@@ -256,7 +256,10 @@ JUDGED_GROUPS = {"part 1 (03 attention)": ("attention", "scaled_dot_product"),
                  "a cache record (15 windows)": ("windows", "rolling_update"),
                  "a config (24 deepseek-v4)": ("deepseek_v4", "v4_cache_bytes"),
                  # a backward pass run in the kernel, its gradient judged in the grader
-                 "gradients (16 moe)": ("moe", "router_z_loss")}
+                 "gradients (16 moe)": ("moe", "router_z_loss"),
+                 # the learner's nn.Module classes, as shadows whose forward runs in the kernel
+                 "a module class (09 rmsnorm)": ("rmsnorm", "rms_norm"),
+                 "a model class (05 gpt2)": ("gpt2", "gpt2")}
 
 PATCH_EVERYTHING = """\
 import sys, torch, olm_edu.grading

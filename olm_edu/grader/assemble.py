@@ -36,13 +36,12 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 # included: `Check.call_with_gradient` runs the backward pass in the kernel too), so
 # nothing in the student's kernel can change its verdict. A check cell is judged here when every
 # `check.<name>(...)` it calls is listed; the others run in the (sandboxed) kernel, hardened by
-# `trusted_check_source`. Those are the checks that need what a proxy cannot carry:
-# - the learner's nn.Module classes (isinstance, parameters, state_dict, modules changed in place):
-#   02 token_and_position, 03 multi_head, 04 layer_norm, mlp, block, 05 gpt2, init, 09 rms_norm,
-#   11 swiglu, geglu, 13 decoder_layer, llama, convert_state_dict, 14 qk_norm_attention,
-#   21 post_sublayer_block;
-# - a model or a module as the argument (built by the check, run by the learner's code):
-#   15 gemma2_layer, 25 accumulate_gradients, 26 split_parameters;
+# `trusted_check_source`. A learner's nn.Module comes back as a shadow (`shadow`): torch.nn parts
+# as the torch classes, the learner's own as modules whose forward runs in the kernel after the
+# grader's parameters and modes are sent. The checks that need what a proxy cannot carry:
+# - a model, a module or a function built by the check and handed to the learner's code (the
+#   grader sends no code): 05 init, 15 gemma2_layer, 21 post_sublayer_block,
+#   25 accumulate_gradients, 26 split_parameters;
 # - the learner's source read with `inspect`: 25 average_gradients;
 # - a verdict that times the learner's code (22 chunked_delta_rule: "still loops token by token");
 # - 07 attend_with_cache: its answers need the lesson's earlier cells, so agreement is not tested here;
@@ -54,20 +53,20 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "welcome": frozenset({"softmax"}),
     "tokens": frozenset({"pair_counts", "merge", "train", "encode_decode"}),
-    "embeddings": frozenset({"sinusoidal"}),
-    "attention": frozenset({"scaled_dot_product", "causal_mask"}),
-    "block": frozenset({"gelu_tanh"}),
-    "gpt2": frozenset({"param_count"}),
+    "embeddings": frozenset({"sinusoidal", "token_and_position"}),
+    "attention": frozenset({"scaled_dot_product", "causal_mask", "multi_head"}),
+    "block": frozenset({"layer_norm", "gelu_tanh", "mlp", "block"}),
+    "gpt2": frozenset({"gpt2", "param_count"}),
     "training": frozenset({"get_batch", "bigram_log_probs", "cross_entropy", "lr_schedule"}),
     "generation": frozenset({"top_k", "top_p"}),
     "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
-    "rmsnorm": frozenset({"llama_rms_norm", "gemma_rms_norm"}),
+    "rmsnorm": frozenset({"rms_norm", "llama_rms_norm", "gemma_rms_norm"}),
     "rope": frozenset({"rope_frequencies", "apply_rope", "apply_rope_interleaved", "interleaved_to_half",
                        "llama3_frequencies"}),
-    "gated_ffn": frozenset({"gated_hidden_dim"}),
+    "gated_ffn": frozenset({"swiglu", "geglu", "gated_hidden_dim"}),
     "gqa": frozenset({"repeat_kv", "grouped_query_attention", "kv_cache_size"}),
-    "llama": frozenset({"param_count"}),
-    "stability": frozenset({"z_loss", "softcap"}),
+    "llama": frozenset({"decoder_layer", "llama", "convert_state_dict", "param_count"}),
+    "stability": frozenset({"qk_norm_attention", "z_loss", "softcap"}),
     "windows": frozenset({"sliding_window_mask", "rolling_update", "windowed_kv_cache_bytes"}),
     "moe": frozenset({"route", "moe_forward", "load_balancing_loss", "router_z_loss"}),
     "deepseek": frozenset({"mla_cache_bytes", "latent_attention", "deepseek_route", "update_selection_bias"}),

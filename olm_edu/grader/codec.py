@@ -71,6 +71,15 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
         return {"t": kind, "v": [encode(item, tensors, keep) for item in value]}
     if isinstance(value, dict):  # Counter, defaultdict, OrderedDict arrive as a plain dict
         return {"t": "dict", "v": [[encode(k, tensors, keep), encode(v, tensors, keep)] for k, v in value.items()]}
+    if isinstance(value, torch.nn.Module):
+        from olm_edu.grader.shadow import ShadowModule, describe, state_of
+
+        if isinstance(value, ShadowModule) and value.__dict__.get("_remote") is not None:  # back to its kernel,
+            tensors_state, flags = state_of(value)  # with the state the grader gave it
+            return {"t": "module_ref", "v": value.__dict__["_remote"][1],
+                    "state": encode(tensors_state, tensors), "flags": encode(flags, tensors)}
+        if keep is not None:
+            return {"t": "module", "v": describe(value, keep, lambda item: encode(item, tensors, keep))}
     if keep is None:
         raise NotData(f"{type(value).__name__} is not data (tensors, numbers, strings, lists, tuples, dicts)")
     return {"t": "handle", "v": keep(value), "what": _describe(value)}
@@ -104,8 +113,12 @@ def _layout(tensor: torch.Tensor) -> tuple[int, ...] | None:
     return tuple(tensor.stride()) if span <= 4 * tensor.numel() + 1024 else None
 
 
-def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, str], Any] | None = None) -> Any:
-    """The value a JSON tree from `encode` stands for; `handle(id, what)` makes a proxy."""
+def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, str], Any] | None = None,
+           module: Callable[[dict, Callable[[Any], Any]], Any] | None = None,
+           module_ref: Callable[[int, dict, dict], Any] | None = None) -> Any:
+    """The value a JSON tree from `encode` stands for; `handle(id, what)` makes a proxy,
+    `module(description, decode_value)` a shadow module (the grader's side), `module_ref(id,
+    state, flags)` the kernel's module a shadow stands for, given the shadow's state."""
     if not isinstance(node, dict) or "t" not in node:
         raise ValueError(f"malformed message node {str(node)[:80]}")
     kind, value = node["t"], node.get("v")
@@ -140,12 +153,13 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
             tensor = torch.view_as_complex(tensor.contiguous())
         return torch.nn.Parameter(tensor, requires_grad=False) if node.get("parameter") else tensor
     if kind in ("list", "tuple"):
-        items = [decode(item, tensors, handle) for item in value]
+        items = [decode(item, tensors, handle, module, module_ref) for item in value]
         return items if kind == "list" else tuple(items)
     if kind == "dict":
-        return {decode(k, tensors, handle): decode(v, tensors, handle) for k, v in value}
+        return {decode(k, tensors, handle, module, module_ref): decode(v, tensors, handle, module, module_ref)
+                for k, v in value}
     if kind in ("config", "namespace"):
-        fields = decode(value, tensors, handle)
+        fields = decode(value, tensors, handle, module, module_ref)
         if not isinstance(fields, dict) or not all(isinstance(name, str) for name in fields):
             raise ValueError(f"malformed {kind}")
         return ModelConfig(**fields) if kind == "config" else types.SimpleNamespace(**fields)
@@ -156,6 +170,14 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
         generator = torch.Generator()
         generator.set_state(state)
         return generator
+    if kind == "module":
+        if module is None:
+            raise ValueError("a module where only data is accepted")
+        return module(value, lambda item: decode(item, tensors, handle, module, module_ref))
+    if kind == "module_ref":
+        if module_ref is None:
+            raise ValueError("a module reference where only data is accepted")
+        return module_ref(int(value), decode(node["state"], tensors), decode(node["flags"], tensors))
     if kind == "handle":
         if handle is None:
             raise ValueError("a handle where only data is accepted")

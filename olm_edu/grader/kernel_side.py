@@ -35,6 +35,19 @@ def _lookup(handle: int, what: str) -> Any:
     return _objects[handle]
 
 
+def _module_ref(handle: int, state: dict, flags: dict) -> Any:
+    """The learner's module a grader's shadow stands for, given the shadow's parameters and modes."""
+    from olm_edu.grader.shadow import apply_state
+
+    module = _objects[handle]
+    apply_state(module, state, flags)
+    return module
+
+
+def _decode(node: Any, tensors: dict) -> Any:
+    return decode(node, tensors, _lookup, module_ref=_module_ref)
+
+
 def _perform(request: dict, tensors: dict) -> tuple[Any, Any]:
     """(result, the arguments after the call or None)."""
     op = request["op"]
@@ -54,10 +67,14 @@ def _perform(request: dict, tensors: dict) -> tuple[Any, Any]:
     if op == "len":
         return len(target), None
     if op == "getitem":
-        return target[decode(request["key"], tensors, _lookup)], None
-    if op == "call":
-        args = decode(request["args"], tensors, _lookup)
-        kwargs = decode(request["kwargs"], tensors, _lookup)
+        return target[_decode(request["key"], tensors)], None
+    if op in ("call", "module_call"):
+        args = _decode(request["args"], tensors)
+        kwargs = _decode(request["kwargs"], tensors)
+        if op == "module_call":  # a shadow's forward: its state first
+            from olm_edu.grader.shadow import apply_state
+
+            apply_state(target, _decode(request["state"], tensors), _decode(request["flags"], tensors))
         forbid = [str(name) for name in request.get("forbid", [])]
         gradient = decode(request["gradient"], tensors) if "gradient" in request else None
         if gradient is not None:  # Check.call_with_gradient: [wrt, output, weight]

@@ -19,6 +19,7 @@ those (the learner's nn.Module classes) are judged in the kernel instead (see `j
 from __future__ import annotations
 
 import builtins
+import contextlib
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from olm_edu.grader.codec import NotData, decode, encode, read_message, write_message
+from olm_edu.grader.shadow import build as build_shadow
 from olm_edu.grading import CheckFailed
 
 __all__ = ["Kernel", "RemoteObject", "RemoteError"]
@@ -70,7 +72,7 @@ class Kernel:
         tensors: dict[str, torch.Tensor] = {}
         message = {"op": op}
         for key, value in fields.items():
-            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key", "gradient") else value
+            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key", "gradient", "state", "flags") else value
         write_message(self.channel, "request", message, tensors)
         self.execute(f"__import__('olm_edu.grader.kernel_side', fromlist=['serve']).serve({str(self.channel)!r})")
         try:
@@ -89,12 +91,13 @@ class Kernel:
                 raise CheckFailed(text)
             raise _error_class(str(response.get("type", "Error")))(text)
         make = lambda handle, what: RemoteObject(self, handle, what)
+        shadow = lambda description, decode_value: build_shadow(description, self, decode_value)
         try:
-            value = decode(response["value"], out_tensors, make)
-            after = decode(response["args_after"], out_tensors, make) if "args_after" in response else None
+            value = decode(response["value"], out_tensors, make, shadow)
+            after = decode(response["args_after"], out_tensors, make, shadow) if "args_after" in response else None
         except (KeyError, ValueError, TypeError) as error:
             raise RemoteError(f"the grader could not read what your code returned: {error}") from None
-        return (value, after) if op == "call" else value
+        return (value, after) if op in ("call", "module_call") else value
 
     def fetch_global(self, name: str) -> Any:
         return self.request("global", name=name)
@@ -111,6 +114,13 @@ def _copy_back(sent: list, after: Any) -> None:
         elif type(original) is types.SimpleNamespace and type(changed) is types.SimpleNamespace:
             vars(original).clear()  # a record the learner's code fills in (a cache)
             vars(original).update(vars(changed))
+        elif isinstance(original, torch.nn.Module) and isinstance(changed, torch.nn.Module):
+            with torch.no_grad():  # a module of the kernel the learner's code changed: its new state
+                for name, tensor in [*changed.named_parameters(), *changed.named_buffers()]:
+                    with contextlib.suppress(AttributeError):
+                        target = original.get_parameter(name) if "." in name or name in original._parameters \
+                            else original.get_buffer(name)
+                        target.data = tensor.data
         elif isinstance(original, torch.Tensor) and isinstance(changed, torch.Tensor):
             with torch.no_grad():
                 if original.shape == changed.shape and original.dtype == changed.dtype:
