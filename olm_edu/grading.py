@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Check", "CheckFailed", "allclose", "exercise", "forbidden", "SEED_ENV", "RAISE_ENV"]
+__all__ = ["Check", "CheckFailed", "allclose", "exercise", "forbidden", "shared_module", "SEED_ENV", "RAISE_ENV"]
 
 SEED_ENV = "OLM_EDU_CHECK_SEED"
 RAISE_ENV = "OLM_EDU_CHECKS_RAISE"  # set (to anything but "" or "0") to raise on failure even in a kernel
@@ -251,6 +251,20 @@ def allclose(got: Any, expected: torch.Tensor, *, atol: float, rtol: float) -> b
     if (~torch.isfinite(got64) & torch.isfinite(expected64)).any():
         return False
     return bool(((got64 - expected64).abs() <= atol + rtol * expected64.abs()).all())
+
+
+RECIPE = "_olm_edu_recipe"  # where `shared_module` keeps how a module was made
+
+
+def shared_module(factory: Callable[..., torch.nn.Module], *args: Any, **kwargs: Any) -> torch.nn.Module:
+    """`factory(*args, **kwargs)`, a module a check builds and hands to the learner's code, made so
+    that it can cross to the student's kernel: judged from the grader (`olm_edu.grader`), the kernel
+    makes the same module from the same olm_edu or torch.nn factory and arguments and receives the
+    check's parameters, buffers and modes; what the learner's code changes (weights, .grad) comes
+    back. `factory` must be importable by its module and name (a class or a function, not a lambda)."""
+    module = factory(*args, **kwargs)
+    module.__dict__[RECIPE] = (factory.__module__, factory.__qualname__, args, kwargs)
+    return module
 
 
 def exercise(title: str, *, reference: Any = None,

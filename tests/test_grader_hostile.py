@@ -259,7 +259,10 @@ JUDGED_GROUPS = {"part 1 (03 attention)": ("attention", "scaled_dot_product"),
                  "gradients (16 moe)": ("moe", "router_z_loss"),
                  # the learner's nn.Module classes, as shadows whose forward runs in the kernel
                  "a module class (09 rmsnorm)": ("rmsnorm", "rms_norm"),
-                 "a model class (05 gpt2)": ("gpt2", "gpt2")}
+                 "a model class (05 gpt2)": ("gpt2", "gpt2"),
+                 # a check's module made again in the kernel; what the learner's code changes comes back
+                 "a module handed to the learner (05 init)": ("gpt2", "init"),
+                 "gradients left in .grad (25 accumulation)": ("distributed", "accumulate_gradients")}
 
 PATCH_EVERYTHING = """\
 import sys, torch, olm_edu.grading
@@ -308,9 +311,10 @@ def _one_exercise_lesson(module: str, function: str):
 def judged_groups(tmp_path_factory):
     base = tmp_path_factory.mktemp("judged")
     outcome = {}
-    for group, (module, function) in JUDGED_GROUPS.items():
+    for index, (group, (module, function)) in enumerate(JUDGED_GROUPS.items()):
         solution, answer, wrong, fragment = _one_exercise_lesson(module, function)
-        course, folder = base / module / "course", base / module / "in"
+        place = base / f"{index}-{module}"
+        course, folder = place / "course", place / "in"
         (course / "solutions").mkdir(parents=True)
         folder.mkdir()
         nbformat.write(solution, course / "solutions" / LESSONS_FILE(module))
@@ -319,7 +323,7 @@ def judged_groups(tmp_path_factory):
         patched.cells[2].source = wrong
         patched.cells.insert(3, nbformat.v4.new_code_cell(PATCH_EVERYTHING.replace("{function}", function)))
         nbformat.write(patched, folder / "patched.ipynb")
-        results = grade([folder], LESSONS_FILE(module)[:2], base / module / "out", course=course, limits=JUDGED_LIMITS,
+        results = grade([folder], LESSONS_FILE(module)[:2], place / "out", course=course, limits=JUDGED_LIMITS,
                         progress=False)
         outcome[group] = ({r.student: r for r in results}, fragment)
     return outcome
@@ -340,4 +344,11 @@ def test_monkeypatching_the_kernel_cannot_change_a_grade_judged_by_the_grader(ju
     honest, patched = results["honest"], results["patched"]
     assert honest.status == "graded" and honest.total == honest.max_total > 0, [e.message for e in honest.exercises]
     assert (patched.status, patched.total) == ("graded", 0), [e.message for e in patched.exercises]
-    assert fragment in patched.exercises[0].message and "all checks passed" not in patched.exercises[0].message
+    message = patched.exercises[0].message
+    assert "all checks passed" not in message
+    if group == "a module handed to the learner (05 init)":
+        # the patch also replaced the classes the check's module is made of in the kernel (LayerNorm is a
+        # callable of olm_edu.checks.gpt2), so the kernel cannot even make it: the student's own loss
+        assert fragment in message or "is not an nn.Module" in message, message
+    else:
+        assert fragment in message, message

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from olm_edu.grading import Check, exercise
+from olm_edu.grading import Check, exercise, shared_module
 
 __all__ = ["accumulate_gradients", "average_gradients", "training_bytes"]
 
@@ -53,7 +53,7 @@ def _tiny_model(seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=13, max_seq_len=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=32)
-    return build(cfg)
+    return shared_module(build, cfg)
 
 
 def _batch(seed: int, rows: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

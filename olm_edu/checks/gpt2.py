@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from olm_edu import analysis
-from olm_edu.grading import Check, CheckFailed, exercise
+from olm_edu.grading import Check, CheckFailed, exercise, shared_module
 from olm_edu.models import ModelConfig, build
 from olm_edu.nn import Attention, ClassicFFN, LayerNorm
 
@@ -285,7 +285,7 @@ def _check_initialised(check: Check, name: str, parameter: torch.Tensor, num_lay
 def init(check: Check, init_fn: Callable[[nn.Module], None]) -> None:
     sizes = [(97, 32, 64, 4, 4)] + ([(211, 64, 96, 12, 6), (97, 32, 64, 1, 2)] if check.hidden else [])
     for vocab_size, max_seq_len, embed_dim, num_layers, num_heads in sizes:
-        model = _Layout(vocab_size, max_seq_len, embed_dim, num_layers, num_heads)
+        model = shared_module(_Layout, vocab_size, max_seq_len, embed_dim, num_layers, num_heads)
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.fill_(MARKER)

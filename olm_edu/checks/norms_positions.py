@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from olm_edu.grading import Check, exercise
+from olm_edu.grading import Check, exercise, shared_module
 from olm_edu.models import hf_config
 from olm_edu.models.families import llama4_text
 from olm_edu.nn import RMSNorm
@@ -79,16 +79,36 @@ def _block_mistakes(x, attention, mlp, attn_norm, mlp_norm) -> dict[str, torch.T
     }
 
 
+class _StandIn(torch.nn.Module):
+    """A nonlinear stand-in for attention or the MLP: activation(h @ w_in) @ w_out * 4."""
+
+    def __init__(self, d: int, width: int, activation: str):
+        super().__init__()
+        self.w_in, self.w_out = torch.nn.Parameter(torch.zeros(d, width)), torch.nn.Parameter(torch.zeros(width, d))
+        self.activation = activation
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        act = torch.tanh if self.activation == "tanh" else torch.nn.functional.silu
+        return act(h @ self.w_in) @ self.w_out * 4.0
+
+
+def _stand_in(d: int, w_in: torch.Tensor, w_out: torch.Tensor, activation: str) -> _StandIn:
+    module = shared_module(_StandIn, d, w_in.shape[1], activation)
+    with torch.no_grad():
+        module.w_in.copy_(w_in)
+        module.w_out.copy_(w_out)
+    return module
+
+
 def _sublayers(check: Check, d: int) -> tuple[Callable, Callable, RMSNorm, RMSNorm]:
     """Two nonlinear stand-ins for attention and the MLP (outputs about 10x the input, as in a
     trained model whose weights have grown) and two RMSNorms with distinct random weights."""
     w1, w2 = check.randn(d, 2 * d, scale=3 * d**-0.5), check.randn(2 * d, d, scale=3 * (2 * d) ** -0.5)
     w3, w4 = check.randn(d, 3 * d, scale=3 * d**-0.5), check.randn(3 * d, d, scale=3 * (3 * d) ** -0.5)
-    attention = lambda h: torch.tanh(h @ w1) @ w2 * 4.0  # noqa: E731
-    mlp = lambda h: torch.nn.functional.silu(h @ w3) @ w4 * 4.0  # noqa: E731
+    attention, mlp = _stand_in(d, w1, w2, "tanh"), _stand_in(d, w3, w4, "silu")
     norms = []
     for _ in range(2):
-        norm = RMSNorm(d, eps=1e-6)
+        norm = shared_module(RMSNorm, d, eps=1e-6)
         with torch.no_grad():
             norm.weight.copy_(1.0 + check.randn(d, scale=0.5))
         norms.append(norm)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 import olm_edu.analysis as analysis
-from olm_edu.grading import Check, exercise
+from olm_edu.grading import Check, exercise, shared_module
 from olm_edu.models import ModelConfig, preset
 from olm_edu.nn import Attention, GeGLUFFN, RMSNorm, attention_mask
 
@@ -353,10 +353,10 @@ def gemma2_layer(check: Check, norm_fn: Callable, layer_fn: Callable) -> None:
     if check.hidden:
         sizes += [(64, 8, 4, 8, 5, 12)]
     for embed_dim, heads, kv_heads, head_dim, window, length in sizes:
-        attention = _module(check.generator, Attention(
-            embed_dim, heads, kv_heads, head_dim, position="rope", sliding_window=window, logit_softcap=2.0,
+        attention = _module(check.generator, shared_module(
+            Attention, embed_dim, heads, kv_heads, head_dim, position="rope", sliding_window=window, logit_softcap=2.0,
             implementation="explicit"))
-        mlp = _module(check.generator, GeGLUFFN(embed_dim, 2 * embed_dim))
+        mlp = _module(check.generator, shared_module(GeGLUFFN, embed_dim, 2 * embed_dim))
         weights = {name: 0.5 * check.randn(embed_dim) for name in
                    ("pre_attention", "post_attention", "pre_feedforward", "post_feedforward")}
         x = check.randn(2, length, embed_dim)

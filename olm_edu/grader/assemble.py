@@ -38,10 +38,12 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 # `check.<name>(...)` it calls is listed; the others run in the (sandboxed) kernel, hardened by
 # `trusted_check_source`. A learner's nn.Module comes back as a shadow (`shadow`): torch.nn parts
 # as the torch classes, the learner's own as modules whose forward runs in the kernel after the
-# grader's parameters and modes are sent. The checks that need what a proxy cannot carry:
-# - a model, a module or a function built by the check and handed to the learner's code (the
-#   grader sends no code): 05 init, 15 gemma2_layer, 21 post_sublayer_block,
-#   25 accumulate_gradients, 26 split_parameters;
+# grader's parameters and modes are sent; a module the check builds and hands to the learner's code
+# (`grading.shared_module`) is made again in the kernel from the same olm_edu factory, and what the
+# learner's code changes in it (weights, ties, .grad) comes back. The checks that need what a proxy
+# cannot carry:
+# - the identity of the parameters the learner's code returns (26 split_parameters: which of the
+#   model's own Parameter objects went to Muon and which to AdamW);
 # - the learner's source read with `inspect`: 25 average_gradients;
 # - a verdict that times the learner's code (22 chunked_delta_rule: "still loops token by token");
 # - 07 attend_with_cache: its answers need the lesson's earlier cells, so agreement is not tested here;
@@ -56,7 +58,7 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "embeddings": frozenset({"sinusoidal", "token_and_position"}),
     "attention": frozenset({"scaled_dot_product", "causal_mask", "multi_head"}),
     "block": frozenset({"layer_norm", "gelu_tanh", "mlp", "block"}),
-    "gpt2": frozenset({"gpt2", "param_count"}),
+    "gpt2": frozenset({"gpt2", "init", "param_count"}),
     "training": frozenset({"get_batch", "bigram_log_probs", "cross_entropy", "lr_schedule"}),
     "generation": frozenset({"top_k", "top_p"}),
     "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
@@ -67,17 +69,17 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "gqa": frozenset({"repeat_kv", "grouped_query_attention", "kv_cache_size"}),
     "llama": frozenset({"decoder_layer", "llama", "convert_state_dict", "param_count"}),
     "stability": frozenset({"qk_norm_attention", "z_loss", "softcap"}),
-    "windows": frozenset({"sliding_window_mask", "rolling_update", "windowed_kv_cache_bytes"}),
+    "windows": frozenset({"sliding_window_mask", "rolling_update", "gemma2_layer", "windowed_kv_cache_bytes"}),
     "moe": frozenset({"route", "moe_forward", "load_balancing_loss", "router_z_loss"}),
     "deepseek": frozenset({"mla_cache_bytes", "latent_attention", "deepseek_route", "update_selection_bias"}),
     "ablation": frozenset({"matched_hidden_dim", "seed_summary", "real_differences", "tokens_per_second"}),
     "model_card": frozenset({"moe_ffn_params", "serving_memory", "forward_flops"}),
     "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts", "card_bytes"}),
-    "norms_positions": frozenset({"rope_frequencies", "rope_layers", "chunked_mask"}),
+    "norms_positions": frozenset({"post_sublayer_block", "rope_frequencies", "rope_layers", "chunked_mask"}),
     "linear_attention": frozenset({"delta_rule_step", "log_decay", "layer_schedule"}),
     "sparse_attention": frozenset({"indexer_scores", "causal_top_k", "sparse_attention", "score_flops"}),
     "deepseek_v4": frozenset({"compress", "csa_selection", "sinkhorn_knopp", "v4_cache_bytes"}),
-    "distributed": frozenset({"training_bytes"}),
+    "distributed": frozenset({"accumulate_gradients", "training_bytes"}),
     "recipe": frozenset({"newton_schulz", "wsd_schedule"}),
 }
 

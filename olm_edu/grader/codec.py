@@ -80,6 +80,13 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
                     "state": encode(tensors_state, tensors), "flags": encode(flags, tensors)}
         if keep is not None:
             return {"t": "module", "v": describe(value, keep, lambda item: encode(item, tensors, keep))}
+        recipe = value.__dict__.get("_olm_edu_recipe")
+        if recipe is not None:  # a check's module (grading.shared_module): the kernel makes its own copy
+            tensors_state, flags = state_of(value)
+            module_name, name, args, kwargs = recipe
+            return {"t": "built", "v": [str(module_name), str(name)], "args": encode(list(args), tensors),
+                    "kwargs": encode(dict(kwargs), tensors), "state": encode(tensors_state, tensors),
+                    "flags": encode(flags, tensors)}
     if keep is None:
         raise NotData(f"{type(value).__name__} is not data (tensors, numbers, strings, lists, tuples, dicts)")
     return {"t": "handle", "v": keep(value), "what": _describe(value)}
@@ -115,10 +122,11 @@ def _layout(tensor: torch.Tensor) -> tuple[int, ...] | None:
 
 def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, str], Any] | None = None,
            module: Callable[[dict, Callable[[Any], Any]], Any] | None = None,
-           module_ref: Callable[[int, dict, dict], Any] | None = None) -> Any:
+           module_ref: Callable[[Any, dict, dict], Any] | None = None) -> Any:
     """The value a JSON tree from `encode` stands for; `handle(id, what)` makes a proxy,
-    `module(description, decode_value)` a shadow module (the grader's side), `module_ref(id,
-    state, flags)` the kernel's module a shadow stands for, given the shadow's state."""
+    `module(description, decode_value)` a shadow module (the grader's side), `module_ref(id or
+    ("built", module, name, args, kwargs), state, flags)` the kernel's module a shadow stands for, or
+    a copy of a check's module made in the kernel, given the grader's state."""
     if not isinstance(node, dict) or "t" not in node:
         raise ValueError(f"malformed message node {str(node)[:80]}")
     kind, value = node["t"], node.get("v")
@@ -174,6 +182,12 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
         if module is None:
             raise ValueError("a module where only data is accepted")
         return module(value, lambda item: decode(item, tensors, handle, module, module_ref))
+    if kind == "built":
+        if module_ref is None:
+            raise ValueError("a module to build where only data is accepted")
+        nested = lambda item: decode(item, tensors, handle, module, module_ref)  # noqa: E731
+        return module_ref(("built", str(value[0]), str(value[1]), nested(node["args"]), nested(node["kwargs"])),
+                          nested(node["state"]), nested(node["flags"]))
     if kind == "module_ref":
         if module_ref is None:
             raise ValueError("a module reference where only data is accepted")

@@ -35,11 +35,12 @@ def _lookup(handle: int, what: str) -> Any:
     return _objects[handle]
 
 
-def _module_ref(handle: int, state: dict, flags: dict) -> Any:
-    """The learner's module a grader's shadow stands for, given the shadow's parameters and modes."""
-    from olm_edu.grader.shadow import apply_state
+def _module_ref(reference: Any, state: dict, flags: dict) -> Any:
+    """The learner's module a grader's shadow stands for, or a check's module made here from its
+    recipe (`grading.shared_module`), given the grader's parameters and modes."""
+    from olm_edu.grader.shadow import apply_state, make
 
-    module = _objects[handle]
+    module = _objects[reference] if isinstance(reference, int) else make(*reference[1:])
     apply_state(module, state, flags)
     return module
 
@@ -75,6 +76,10 @@ def _perform(request: dict, tensors: dict) -> tuple[Any, Any]:
             from olm_edu.grader.shadow import apply_state
 
             apply_state(target, _decode(request["state"], tensors), _decode(request["flags"], tensors))
+        if "rng" in request:  # the grader's global generator (set after the arguments are made, as making a
+            import torch  # check's module draws): the learner's code draws what it would draw there
+
+            torch.set_rng_state(decode(request["rng"], tensors))
         forbid = [str(name) for name in request.get("forbid", [])]
         gradient = decode(request["gradient"], tensors) if "gradient" in request else None
         if gradient is not None:  # Check.call_with_gradient: [wrt, output, weight]
@@ -112,4 +117,8 @@ def serve(channel: str) -> None:
                   "type": type(error).__name__, "message": str(error)[:2000]}
     except Exception as error:  # the learner's bug, reported to the check
         answer = {"ok": False, "kind": "error", "type": type(error).__name__, "message": str(error)[:2000]}
+    if "rng" in request:
+        import torch
+
+        answer["rng_after"] = encode(torch.get_rng_state(), out_tensors)["v"]
     write_message(folder, "response", answer, out_tensors)

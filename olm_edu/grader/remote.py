@@ -71,8 +71,11 @@ class Kernel:
             stale.unlink()
         tensors: dict[str, torch.Tensor] = {}
         message = {"op": op}
+        if op in ("call", "module_call"):  # the global generator crosses too: the learner's draws are the ones
+            fields["rng"] = torch.get_rng_state()  # a call in this process would make (dropout, nn.init)
         for key, value in fields.items():
-            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key", "gradient", "state", "flags") else value
+            message[key] = encode(value, tensors) if key in ("args", "kwargs", "key", "gradient", "state", "flags",
+                                                             "rng") else value
         write_message(self.channel, "request", message, tensors)
         self.execute(f"__import__('olm_edu.grader.kernel_side', fromlist=['serve']).serve({str(self.channel)!r})")
         try:
@@ -83,6 +86,10 @@ class Kernel:
             raise RemoteError("your code returned nothing the grader could read (did it change the notebook's "
                               "machinery, or stop the kernel?)")
         response, out_tensors = answer
+        if "rng_after" in response:
+            state = out_tensors.get(str(response["rng_after"]))
+            if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == fields["rng"].shape:
+                torch.set_rng_state(state)
         if not response.get("ok"):
             text, kind = str(response.get("message", ""))[:2000], response.get("kind")
             if kind == "not_implemented":
@@ -115,12 +122,12 @@ def _copy_back(sent: list, after: Any) -> None:
             vars(original).clear()  # a record the learner's code fills in (a cache)
             vars(original).update(vars(changed))
         elif isinstance(original, torch.nn.Module) and isinstance(changed, torch.nn.Module):
-            with torch.no_grad():  # a module of the kernel the learner's code changed: its new state
-                for name, tensor in [*changed.named_parameters(), *changed.named_buffers()]:
-                    with contextlib.suppress(AttributeError):
-                        target = original.get_parameter(name) if "." in name or name in original._parameters \
-                            else original.get_buffer(name)
-                        target.data = tensor.data
+            with torch.no_grad():  # a module the learner's code changed in the kernel: its new state
+                _copy_parameters(original, changed)
+                buffers = dict(original.named_buffers())
+                for name, buffer in changed.named_buffers():
+                    if name in buffers:
+                        buffers[name].data = buffer.data
         elif isinstance(original, torch.Tensor) and isinstance(changed, torch.Tensor):
             with torch.no_grad():
                 if original.shape == changed.shape and original.dtype == changed.dtype:
@@ -134,6 +141,29 @@ def _copy_back(sent: list, after: Any) -> None:
             original.update(changed)
         elif isinstance(original, (list, tuple)) and isinstance(changed, (list, tuple)):
             _copy_back(list(original), list(changed))
+
+
+def _ties(module: torch.nn.Module) -> tuple[list[str], list[int]]:
+    """Every parameter slot's name, and which slots hold one Parameter (a tied head shares one)."""
+    names, groups, first = [], [], {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        names.append(name)
+        groups.append(first.setdefault(id(parameter), len(first)))
+    return names, groups
+
+
+def _copy_parameters(original: torch.nn.Module, changed: torch.nn.Module) -> None:
+    """Give `original` the parameters of `changed` (its copy from the kernel): the values and
+    gradients, and new Parameter objects where the learner's code changed which slots share one."""
+    if _ties(original) == _ties(changed):
+        mine = dict(original.named_parameters())
+        for name, parameter in changed.named_parameters():
+            mine[name].data, mine[name].grad = parameter.data, parameter.grad
+        return
+    for name, parameter in changed.named_parameters(remove_duplicate=False):
+        owner, _, attribute = name.rpartition(".")
+        with contextlib.suppress(AttributeError):
+            original.get_submodule(owner)._parameters[attribute] = parameter
 
 
 def _holds_tensors(value: Any) -> bool:

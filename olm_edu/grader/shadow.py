@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["describe", "apply_state", "build", "ShadowModule", "state_of"]
+__all__ = ["describe", "apply_state", "build", "make", "ShadowModule", "state_of"]
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -57,7 +57,10 @@ def describe(module: nn.Module, keep: Callable[[Any], int], encode_value: Callab
                 params.append([name, {"tied": seen[id(parameter)]}])
             else:
                 seen[id(parameter)] = full
-                params.append([name, {"tensor": encode_value(parameter.detach()), "grad": bool(parameter.requires_grad)}])
+                entry = {"tensor": encode_value(parameter.detach()), "grad": bool(parameter.requires_grad)}
+                if parameter.grad is not None:
+                    entry["gradient"] = encode_value(parameter.grad.detach())
+                params.append([name, entry])
         buffers = [[name, None if buffer is None else encode_value(buffer), name not in current._non_persistent_buffers_set]
                    for name, buffer in current._buffers.items()]
         attrs = [[name, encode_value(value)] for name, value in vars(current).items()
@@ -93,6 +96,22 @@ def apply_state(module: nn.Module, tensors: dict[str, torch.Tensor], flags: dict
                 parameter.data = tensor.to(parameter.device)
     for name, flag in flags.items():
         module.get_submodule(name).training = flag
+
+
+def make(module_name: str, name: str, args: list, kwargs: dict) -> nn.Module:
+    """A check's module, made in the kernel from its recipe (`grading.shared_module`): an olm_edu or
+    torch.nn factory by module and name, and its arguments."""
+    import importlib
+
+    if not (module_name == "olm_edu" or module_name.startswith(("olm_edu.", "torch.nn"))):
+        raise ValueError(f"no module is made from {module_name}")
+    factory: Any = importlib.import_module(module_name)
+    for part in name.split("."):
+        factory = getattr(factory, part)
+    module = factory(*args, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{module_name}.{name} did not make a module")
+    return module
 
 
 class ShadowModule(nn.Module):
@@ -162,6 +181,8 @@ def build(description: dict, kernel: Any, decode_value: Callable[[Any], Any]) ->
                 module.register_parameter(name, by_name[str(entry["tied"])])
             else:
                 parameter = nn.Parameter(_tensor(decode_value(entry["tensor"])), requires_grad=bool(entry["grad"]))
+                if "gradient" in entry:
+                    parameter.grad = _tensor(decode_value(entry["gradient"]))
                 by_name[prefix + name] = parameter
                 module.register_parameter(name, parameter)
         for name, entry, persistent in node["buffers"]:
