@@ -262,7 +262,12 @@ class _OperationCounter(TorchFunctionMode):
 
 
 def count_tensor_operations(fn: Callable, *args: Any) -> int:
-    """How many torch functions (indexing, arithmetic, matmuls, ...) `fn(*args)` calls."""
+    """How many torch functions (indexing, arithmetic, matmuls, ...) `fn(*args)` calls. Judged from
+    the grader, the learner's function runs in the kernel and the kernel counts (a count the
+    student's process reports: it decides only the "still loops" diagnosis, not the answer's values)."""
+    remotely = getattr(type(fn), "count_operations_remotely", None)
+    if remotely is not None:
+        return int(remotely(fn, args))
     with _OperationCounter() as counter:
         fn(*args)
     return counter.count

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from olm_edu.grading import Check, exercise
+from olm_edu.grading import Check, exercise, shared_module
 from olm_edu.optim import MUON_COEFFICIENTS, muon_split, wsd_lr
 
 __all__ = ["newton_schulz", "split_parameters", "wsd_schedule"]
@@ -160,7 +160,7 @@ def _models(hidden: bool) -> list[tuple[str, nn.Module]]:
                               qkv_bias=False, attn_out_bias=False, ffn_bias=False, ffn="glu", activation="silu"))]
     if hidden:
         variants.append(("one layer, untied, learned positions", base.replace(num_layers=1, tie_embeddings=False)))
-    return [(name, build(cfg)) for name, cfg in variants]
+    return [(name, shared_module(build, cfg)) for name, cfg in variants]
 
 
 @exercise("Exercise 2 — Muon for the matrices, AdamW for the rest")

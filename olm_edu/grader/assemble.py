@@ -42,10 +42,8 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 # (`grading.shared_module`) is made again in the kernel from the same olm_edu factory, and what the
 # learner's code changes in it (weights, ties, .grad) comes back. The checks that need what a proxy
 # cannot carry:
-# - the identity of the parameters the learner's code returns (26 split_parameters: which of the
-#   model's own Parameter objects went to Muon and which to AdamW);
-# - the learner's source read with `inspect`: 25 average_gradients;
-# - a verdict that times the learner's code (22 chunked_delta_rule: "still loops token by token");
+# - the learner's source read with `inspect` and run in two processes of its own (25
+#   average_gradients: those must be the sandbox's, so this check runs there);
 # - 07 attend_with_cache: its answers need the lesson's earlier cells, so agreement is not tested here;
 # - an instrumented input (02 one_hot_lookup detects reading rows of the weight by indexing, which
 #   a copy hides).
@@ -76,11 +74,11 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "model_card": frozenset({"moe_ffn_params", "serving_memory", "forward_flops"}),
     "gpt_oss": frozenset({"sink_softmax", "clamped_swiglu", "gpt_oss_experts", "card_bytes"}),
     "norms_positions": frozenset({"post_sublayer_block", "rope_frequencies", "rope_layers", "chunked_mask"}),
-    "linear_attention": frozenset({"delta_rule_step", "log_decay", "layer_schedule"}),
+    "linear_attention": frozenset({"delta_rule_step", "log_decay", "chunked_delta_rule", "layer_schedule"}),
     "sparse_attention": frozenset({"indexer_scores", "causal_top_k", "sparse_attention", "score_flops"}),
     "deepseek_v4": frozenset({"compress", "csa_selection", "sinkhorn_knopp", "v4_cache_bytes"}),
     "distributed": frozenset({"accumulate_gradients", "training_bytes"}),
-    "recipe": frozenset({"newton_schulz", "wsd_schedule"}),
+    "recipe": frozenset({"newton_schulz", "split_parameters", "wsd_schedule"}),
 }
 
 _CHECK_CALL = re.compile(r"\bcheck\.(\w+)\(")

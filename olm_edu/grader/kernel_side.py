@@ -87,6 +87,10 @@ def _perform(request: dict, tensors: dict) -> tuple[Any, Any]:
             leaf = args[wrt] = args[wrt].detach().requires_grad_(True)
         from olm_edu.grading import forbidden, gradient_of
 
+        if request.get("count"):  # linear_attention.count_tensor_operations, counted where the code runs
+            from olm_edu.checks.linear_attention import count_tensor_operations
+
+            return count_tensor_operations(target, *args), args
         with forbidden(*forbid, reason=str(request.get("reason", ""))):
             result = target(*args, **kwargs)
         if gradient is not None:

@@ -193,6 +193,11 @@ class RemoteObject:
         _copy_back(list(args), after)
         return value
 
+    def count_operations_remotely(self, args: tuple) -> Any:
+        """`count_tensor_operations` in the kernel (the learner's code runs there, so it counts there)."""
+        value, _ = self._kernel.request("call", target=self._handle, args=list(args), kwargs={}, count=True)
+        return value
+
     def call_with_gradient_remotely(self, args: tuple, kwargs: dict, forbid: tuple[str, ...], reason: str, wrt: int,
                                     output: int | None, weight: torch.Tensor | None) -> tuple[Any, bool, Any]:
         """`Check.call_with_gradient` in the kernel: (result, whether it requires grad, the gradient)."""
