@@ -44,7 +44,6 @@ __all__ = ["Exercise", "GradedNotebook", "exercises_of", "assemble", "JUDGED_BY_
 # cannot carry:
 # - the learner's source read with `inspect` and run in two processes of its own (25
 #   average_gradients: those must be the sandbox's, so this check runs there);
-# - 07 attend_with_cache: its answers need the lesson's earlier cells, so agreement is not tested here;
 # - an instrumented input (02 one_hot_lookup detects reading rows of the weight by indexing, which
 #   a copy hides).
 # Each entry is tested (tests/test_grader_remote.py): the solution passes through proxies, every
@@ -58,7 +57,7 @@ JUDGED_BY_GRADER: dict[str, frozenset[str]] = {
     "block": frozenset({"layer_norm", "gelu_tanh", "mlp", "block"}),
     "gpt2": frozenset({"gpt2", "init", "param_count"}),
     "training": frozenset({"get_batch", "bigram_log_probs", "cross_entropy", "lr_schedule"}),
-    "generation": frozenset({"top_k", "top_p"}),
+    "generation": frozenset({"attend_with_cache", "top_k", "top_p"}),
     "weights": frozenset({"conv1d_to_linear", "split_qkv", "convert_state_dict"}),  # GPT2 built and run remotely
     "rmsnorm": frozenset({"rms_norm", "llama_rms_norm", "gemma_rms_norm"}),
     "rope": frozenset({"rope_frequencies", "apply_rope", "apply_rope_interleaved", "interleaved_to_half",
