@@ -15,7 +15,7 @@ other slow small models down many times over.
 import os
 from pathlib import PurePosixPath
 
-SPREAD = {"test_lessons.py"}
+SPREAD = {"test_lessons.py", "test_grader_lessons.py"}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the notebook kernels this worker starts
