@@ -74,19 +74,19 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], keep: Callable[[Any], i
     if isinstance(value, torch.nn.Module):
         from olm_edu.grader.shadow import ShadowModule, describe, state_of
 
-        if isinstance(value, ShadowModule) and value.__dict__.get("_remote") is not None:  # back to its kernel,
-            tensors_state, flags = state_of(value)  # with the state the grader gave it
-            return {"t": "module_ref", "v": value.__dict__["_remote"][1],
-                    "state": encode(tensors_state, tensors), "flags": encode(flags, tensors)}
+        def with_state(node: dict) -> dict:  # a module the grader sends goes with the state the grader gave it
+            parameters, flags = state_of(value)
+            return {**node, "state": encode(parameters, tensors), "flags": encode(flags, tensors)}
+
+        if isinstance(value, ShadowModule) and value.__dict__.get("_remote") is not None:  # back to its kernel
+            return with_state({"t": "module_ref", "v": value.__dict__["_remote"][1]})
         if keep is not None:
             return {"t": "module", "v": describe(value, keep, lambda item: encode(item, tensors, keep))}
         recipe = value.__dict__.get("_olm_edu_recipe")
         if recipe is not None:  # a check's module (grading.shared_module): the kernel makes its own copy
-            tensors_state, flags = state_of(value)
             module_name, name, args, kwargs = recipe
-            return {"t": "built", "v": [str(module_name), str(name)], "args": encode(list(args), tensors),
-                    "kwargs": encode(dict(kwargs), tensors), "state": encode(tensors_state, tensors),
-                    "flags": encode(flags, tensors)}
+            return with_state({"t": "built", "v": [str(module_name), str(name)], "args": encode(list(args), tensors),
+                               "kwargs": encode(dict(kwargs), tensors)})
     if keep is None:
         raise NotData(f"{type(value).__name__} is not data (tensors, numbers, strings, lists, tuples, dicts)")
     return {"t": "handle", "v": keep(value), "what": _describe(value)}
@@ -130,6 +130,7 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
     if not isinstance(node, dict) or "t" not in node:
         raise ValueError(f"malformed message node {str(node)[:80]}")
     kind, value = node["t"], node.get("v")
+    nested = lambda item: decode(item, tensors, handle, module, module_ref)  # noqa: E731 (the same callbacks below)
     if kind == "v":
         if value is None or isinstance(value, (bool, str)):
             return value
@@ -161,13 +162,12 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
             tensor = torch.view_as_complex(tensor.contiguous())
         return torch.nn.Parameter(tensor, requires_grad=False) if node.get("parameter") else tensor
     if kind in ("list", "tuple"):
-        items = [decode(item, tensors, handle, module, module_ref) for item in value]
+        items = [nested(item) for item in value]
         return items if kind == "list" else tuple(items)
     if kind == "dict":
-        return {decode(k, tensors, handle, module, module_ref): decode(v, tensors, handle, module, module_ref)
-                for k, v in value}
+        return {nested(k): nested(v) for k, v in value}
     if kind in ("config", "namespace"):
-        fields = decode(value, tensors, handle, module, module_ref)
+        fields = nested(value)
         if not isinstance(fields, dict) or not all(isinstance(name, str) for name in fields):
             raise ValueError(f"malformed {kind}")
         return ModelConfig(**fields) if kind == "config" else types.SimpleNamespace(**fields)
@@ -181,17 +181,16 @@ def decode(node: Any, tensors: dict[str, torch.Tensor], handle: Callable[[int, s
     if kind == "module":
         if module is None:
             raise ValueError("a module where only data is accepted")
-        return module(value, lambda item: decode(item, tensors, handle, module, module_ref))
+        return module(value, nested)
     if kind == "built":
         if module_ref is None:
             raise ValueError("a module to build where only data is accepted")
-        nested = lambda item: decode(item, tensors, handle, module, module_ref)  # noqa: E731
         return module_ref(("built", str(value[0]), str(value[1]), nested(node["args"]), nested(node["kwargs"])),
                           nested(node["state"]), nested(node["flags"]))
     if kind == "module_ref":
         if module_ref is None:
             raise ValueError("a module reference where only data is accepted")
-        return module_ref(int(value), decode(node["state"], tensors), decode(node["flags"], tensors))
+        return module_ref(int(value), nested(node["state"]), nested(node["flags"]))
     if kind == "handle":
         if handle is None:
             raise ValueError("a handle where only data is accepted")
